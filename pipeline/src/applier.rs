@@ -1,0 +1,196 @@
+//! The owner of a set of partitions and their pending batches: what the aggregator and the
+//! replayer both run. It folds records into per-partition batches and commits them through
+//! [`Store::apply`]. It never commits work for a partition it no longer owns, and after a
+//! fenced commit it restarts that partition from the offset the database holds.
+
+use std::collections::BTreeMap;
+
+use crate::fold::{Folded, PartitionBatch};
+use crate::store::{Applied, Result, Store};
+
+/// Outcome of a commit, for the caller to act on.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Records committed (applied and rejected) in this commit.
+    pub records: u64,
+    /// Records quarantined in this commit.
+    pub rejected: u64,
+    /// Partitions that were fenced, each with the stored offset to resume from (`None`: from
+    /// the beginning). Their pending work was dropped; the caller must seek there.
+    pub fenced: Vec<(i32, Option<i64>)>,
+    pub committed: Vec<(i32, i64)>,
+}
+
+pub struct Applier {
+    store: Store,
+    owned: BTreeMap<i32, PartitionBatch>,
+}
+
+impl Applier {
+    pub fn new(store: Store) -> Self {
+        Applier {
+            store,
+            owned: BTreeMap::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Takes partitions over, starting each from its stored next offset. Returns where to start
+    /// reading each one (`None`: from the beginning of the log).
+    pub fn assign(&mut self, partitions: &[i32]) -> Result<Vec<(i32, Option<i64>)>> {
+        let mut starts = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            let stored = self.store.stored_offset(p)?;
+            self.owned.insert(p, PartitionBatch::new(stored));
+            starts.push((p, stored));
+        }
+        Ok(starts)
+    }
+
+    /// Takes partitions over, starting from given offsets instead of the stored ones (replayer
+    /// with an explicit start). `start` must equal what the database stores for the first
+    /// commit to pass; `first` is the first offset to fold.
+    pub fn assign_at(&mut self, partition: i32, start: Option<i64>) {
+        self.owned.insert(partition, PartitionBatch::new(start));
+    }
+
+    /// Commits pending work, then gives the partitions up.
+    pub fn revoke(&mut self, partitions: &[i32]) -> Result<CommitReport> {
+        let report = self.commit();
+        for p in partitions {
+            self.owned.remove(p);
+        }
+        report
+    }
+
+    /// Gives partitions up and drops their pending work (the assignment was lost, so another
+    /// consumer may already own them).
+    pub fn discard(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.owned.remove(p);
+        }
+    }
+
+    pub fn owned(&self) -> impl Iterator<Item = i32> + '_ {
+        self.owned.keys().copied()
+    }
+
+    /// The next offset this applier expects for a partition (`None` if not owned or nothing
+    /// stored and nothing folded).
+    pub fn position(&self, partition: i32) -> Option<i64> {
+        self.owned.get(&partition).and_then(|b| b.next)
+    }
+
+    /// Records folded but not yet committed.
+    pub fn pending_records(&self) -> u64 {
+        self.owned.values().map(PartitionBatch::records).sum()
+    }
+
+    pub fn fold(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Folded> {
+        let Some(batch) = self.owned.get_mut(&partition) else {
+            return Ok(Folded::NotOwned);
+        };
+        let store = &self.store;
+        batch.fold(offset, key, value, |k| store.partition_sum(partition, k))
+    }
+
+    /// Commits every owned partition's pending work in one transaction. On an error nothing
+    /// was written and the pending work is kept for the next try.
+    pub fn commit(&mut self) -> Result<CommitReport> {
+        let mut report = CommitReport::default();
+        if self.owned.values().all(PartitionBatch::is_empty) {
+            return Ok(report);
+        }
+        let Applied { committed, fenced } =
+            self.store.apply(self.owned.iter().map(|(p, b)| (*p, b)))?;
+        for &(p, next) in &committed {
+            let done = std::mem::replace(
+                self.owned.get_mut(&p).expect("committed partition is owned"),
+                PartitionBatch::new(Some(next)),
+            );
+            report.records += done.records();
+            report.rejected += done.rejected.len() as u64;
+        }
+        for f in fenced {
+            self.owned.insert(f.partition, PartitionBatch::new(f.stored));
+            report.fenced.push((f.partition, f.stored));
+        }
+        report.committed = committed;
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::encode_value;
+
+    fn fold_n(a: &mut Applier, p: i32, from: i64, n: i64, key: &str) {
+        for off in from..from + n {
+            a.fold(p, off, Some(key.as_bytes()), Some(&encode_value(1)))
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn zombie_commit_is_fenced_and_the_zombie_resumes_from_the_store() {
+        // Two appliers on one file stand for two aggregator processes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let open = || Store::open(&path, "t", crate::store::OpenMode::CreateIfMissing).unwrap();
+        let mut old = Applier::new(open());
+        let mut new = Applier::new(open());
+        assert_eq!(old.assign(&[0]).unwrap(), vec![(0, None)]);
+        fold_n(&mut old, 0, 0, 5, "k");
+        old.commit().unwrap();
+
+        // The partition moves: the new owner starts at 5 while the old one keeps folding.
+        assert_eq!(new.assign(&[0]).unwrap(), vec![(0, Some(5))]);
+        fold_n(&mut old, 0, 5, 3, "k");
+        fold_n(&mut new, 0, 5, 4, "k");
+        assert_eq!(new.commit().unwrap().committed, vec![(0, 9)]);
+        let stale = old.commit().unwrap();
+        assert_eq!(stale.fenced, vec![(0, Some(9))]);
+        assert_eq!(stale.records, 0);
+        assert_eq!(old.position(0), Some(9));
+        assert_eq!(new.store().key_sum("k").unwrap(), Some(9));
+
+        // Whoever folds on from the stored offset commits; nothing is doubled.
+        fold_n(&mut old, 0, 9, 1, "k");
+        old.commit().unwrap();
+        assert_eq!(new.commit().unwrap().fenced, vec![]);
+        fold_n(&mut new, 0, 9, 1, "k");
+        assert_eq!(new.commit().unwrap().fenced, vec![(0, Some(10))]);
+        assert_eq!(old.store().key_sum("k").unwrap(), Some(10));
+    }
+
+    #[test]
+    fn revoke_commits_and_discard_drops() {
+        let mut a = Applier::new(Store::in_memory("t").unwrap());
+        a.assign(&[0, 1]).unwrap();
+        fold_n(&mut a, 0, 0, 2, "x");
+        fold_n(&mut a, 1, 0, 3, "y");
+        a.revoke(&[0]).unwrap();
+        assert_eq!(a.owned().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(a.store().key_sum("x").unwrap(), Some(2));
+        // y was committed by the revoke's commit too (one transaction for all owned).
+        assert_eq!(a.store().key_sum("y").unwrap(), Some(3));
+        fold_n(&mut a, 1, 3, 3, "y");
+        a.discard(&[1]);
+        assert_eq!(a.pending_records(), 0);
+        assert_eq!(
+            a.fold(1, 6, Some(b"y"), Some(&encode_value(1))).unwrap(),
+            Folded::NotOwned
+        );
+        assert_eq!(a.store().key_sum("y").unwrap(), Some(3));
+    }
+}

@@ -1,0 +1,237 @@
+//! The pure fold of one partition's records into pending per-key sums. No IO happens here: the
+//! current stored sum of a key is asked for through a closure the caller provides, once per key
+//! per batch, so that overflow can be judged record by record in log order.
+
+use std::collections::HashMap;
+
+use crate::record::{decode_key, decode_value, DecodeError};
+
+/// A record that could not be applied, kept with everything needed to look at it later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub offset: i64,
+    pub reason: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// What folding one record did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Folded {
+    /// The delta was added to its key's pending sum.
+    Applied,
+    /// The record went to quarantine (undecodable or overflowing); the offset still advances.
+    Rejected,
+    /// The record lies before the batch's next offset (a redelivery) and was ignored.
+    Duplicate,
+    /// The record's partition is not owned (any more); it was ignored.
+    NotOwned,
+}
+
+/// Pending work for one partition: the offset it starts from (the compare-and-set expectation),
+/// the offset after the last folded record, and the new absolute sum of every touched key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionBatch {
+    /// Next offset stored in the database when the batch began; `None` when nothing is stored.
+    pub start: Option<i64>,
+    /// Next offset after the last record folded into this batch (equal to `start` when empty).
+    pub next: Option<i64>,
+    /// New absolute sum per touched key.
+    pub sums: HashMap<String, i64>,
+    pub rejected: Vec<Rejected>,
+    /// Records applied (not rejected, not duplicates).
+    pub applied: u64,
+}
+
+impl PartitionBatch {
+    pub fn new(start: Option<i64>) -> Self {
+        PartitionBatch {
+            start,
+            next: start,
+            sums: HashMap::new(),
+            rejected: Vec::new(),
+            applied: 0,
+        }
+    }
+
+    /// True when no record has been folded since `start`.
+    pub fn is_empty(&self) -> bool {
+        self.next == self.start
+    }
+
+    /// Records folded (applied or rejected) into this batch.
+    pub fn records(&self) -> u64 {
+        self.applied + self.rejected.len() as u64
+    }
+
+    /// Folds one record. `stored_sum` returns the key's sum as stored in the database for this
+    /// partition; it is called at most once per key per batch.
+    pub fn fold<E>(
+        &mut self,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        stored_sum: impl FnOnce(&str) -> Result<i64, E>,
+    ) -> Result<Folded, E> {
+        if let Some(next) = self.next {
+            if offset < next {
+                return Ok(Folded::Duplicate);
+            }
+        }
+        let decoded = decode_key(key).and_then(|k| Ok((k, decode_value(value)?.delta)));
+        let (key_str, delta) = match decoded {
+            Ok(kd) => kd,
+            Err(e) => {
+                self.next = Some(offset + 1);
+                self.reject(offset, reason(&e), key, value);
+                return Ok(Folded::Rejected);
+            }
+        };
+        // The only fallible step comes before any change, so an error leaves the batch as it was.
+        let current = match self.sums.get(key_str) {
+            Some(sum) => *sum,
+            None => stored_sum(key_str)?,
+        };
+        self.next = Some(offset + 1);
+        match current.checked_add(delta) {
+            Some(sum) => {
+                self.sums.insert(key_str.to_owned(), sum);
+                self.applied += 1;
+                Ok(Folded::Applied)
+            }
+            None => {
+                // Remember the base so a later record for the key does not ask again.
+                self.sums.entry(key_str.to_owned()).or_insert(current);
+                self.reject(
+                    offset,
+                    format!("overflow: sum {current} + delta {delta} leaves the i64 range"),
+                    key,
+                    value,
+                );
+                Ok(Folded::Rejected)
+            }
+        }
+    }
+
+    fn reject(&mut self, offset: i64, reason: String, key: Option<&[u8]>, value: Option<&[u8]>) {
+        self.rejected.push(Rejected {
+            offset,
+            reason,
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
+        });
+    }
+}
+
+fn reason(e: &DecodeError) -> String {
+    format!("{}: {e}", e.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::encode_value;
+    use std::convert::Infallible;
+
+    fn stored<'a>(map: &'a HashMap<&'a str, i64>) -> impl Fn(&str) -> Result<i64, Infallible> + 'a {
+        move |k| Ok(*map.get(k).unwrap_or(&0))
+    }
+
+    #[test]
+    fn folds_deltas_onto_stored_sums() {
+        let db = HashMap::from([("a", 10)]);
+        let mut b = PartitionBatch::new(Some(5));
+        for (off, key, d) in [(5, "a", 1), (6, "b", 2), (7, "a", -4)] {
+            let r = b.fold(off, Some(key.as_bytes()), Some(&encode_value(d)), stored(&db));
+            assert_eq!(r, Ok(Folded::Applied));
+        }
+        assert_eq!(b.next, Some(8));
+        assert_eq!(b.sums, HashMap::from([("a".into(), 7), ("b".into(), 2)]));
+        assert_eq!(b.applied, 3);
+    }
+
+    #[test]
+    fn asks_the_store_once_per_key() {
+        let mut asked = 0;
+        let mut b = PartitionBatch::new(None);
+        for off in 0..3 {
+            b.fold(off, Some(b"k"), Some(&encode_value(1)), |_| {
+                asked += 1;
+                Ok::<_, Infallible>(100)
+            })
+            .unwrap();
+        }
+        assert_eq!(asked, 1);
+        assert_eq!(b.sums["k"], 103);
+        assert_eq!((b.start, b.next), (None, Some(3)));
+    }
+
+    #[test]
+    fn redelivered_offsets_are_ignored() {
+        let db = HashMap::new();
+        let mut b = PartitionBatch::new(Some(3));
+        assert_eq!(
+            b.fold(2, Some(b"k"), Some(&encode_value(1)), stored(&db)),
+            Ok(Folded::Duplicate)
+        );
+        b.fold(3, Some(b"k"), Some(&encode_value(1)), stored(&db)).unwrap();
+        assert_eq!(
+            b.fold(3, Some(b"k"), Some(&encode_value(1)), stored(&db)),
+            Ok(Folded::Duplicate)
+        );
+        assert_eq!(b.sums["k"], 1);
+        assert!(PartitionBatch::new(Some(3)).is_empty());
+    }
+
+    #[test]
+    fn overflow_is_rejected_in_log_order_and_later_records_still_apply() {
+        let db = HashMap::from([("k", i64::MAX - 1)]);
+        let mut b = PartitionBatch::new(Some(0));
+        let f = |b: &mut PartitionBatch, off, d| {
+            b.fold(off, Some(b"k"), Some(&encode_value(d)), stored(&db))
+                .unwrap()
+        };
+        assert_eq!(f(&mut b, 0, 1), Folded::Applied);
+        assert_eq!(f(&mut b, 1, 1), Folded::Rejected);
+        assert_eq!(f(&mut b, 2, -5), Folded::Applied);
+        assert_eq!(b.sums["k"], i64::MAX - 5);
+        assert_eq!(b.rejected.len(), 1);
+        assert_eq!(b.rejected[0].offset, 1);
+        assert!(b.rejected[0].reason.starts_with("overflow"));
+
+        let db = HashMap::from([("k", i64::MIN)]);
+        let mut b = PartitionBatch::new(None);
+        let r = b.fold(0, Some(b"k"), Some(&encode_value(-1)), stored(&db));
+        assert_eq!(r, Ok(Folded::Rejected));
+        assert_eq!(b.sums["k"], i64::MIN);
+    }
+
+    #[test]
+    fn undecodable_records_are_quarantined_with_their_bytes() {
+        let db = HashMap::new();
+        let mut b = PartitionBatch::new(Some(0));
+        assert_eq!(
+            b.fold(0, Some(b"k"), Some(b"garbage"), stored(&db)),
+            Ok(Folded::Rejected)
+        );
+        assert_eq!(
+            b.fold(1, None, Some(&encode_value(1)), stored(&db)),
+            Ok(Folded::Rejected)
+        );
+        assert_eq!(b.next, Some(2));
+        assert!(b.sums.is_empty());
+        assert_eq!(b.rejected[0].value.as_deref(), Some(&b"garbage"[..]));
+        assert!(b.rejected[0].reason.starts_with("unknown_version"));
+        assert!(b.rejected[1].reason.starts_with("missing_key"));
+        assert_eq!(b.records(), 2);
+    }
+
+    #[test]
+    fn store_errors_propagate_without_advancing_sums() {
+        let mut b = PartitionBatch::new(Some(0));
+        let r = b.fold(0, Some(b"k"), Some(&encode_value(1)), |_| Err("disk"));
+        assert_eq!(r, Err("disk"));
+        assert!(b.sums.is_empty());
+        assert!(b.is_empty(), "a failed fold must not advance the offset");
+    }
+}

@@ -1,0 +1,143 @@
+//! Kafka client configuration shared by the binaries, the command-line flags that choose the
+//! broker and topic, and topic creation.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+
+/// Where the log is: flags every binary takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma-separated host:port.
+    #[arg(long, env = "TALLY_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Topic that holds the increments.
+    #[arg(long, env = "TALLY_TOPIC", default_value = "increments")]
+    pub topic: String,
+    /// Partitions to create the topic with when it is missing.
+    #[arg(long, env = "TALLY_PARTITIONS", default_value_t = 12,
+          value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: i32,
+    /// Replication factor to create the topic with when it is missing.
+    #[arg(long, env = "TALLY_REPLICATION_FACTOR", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..=16))]
+    pub replication_factor: i32,
+}
+
+impl KafkaArgs {
+    pub fn new(brokers: &str, topic: &str, partitions: i32) -> Self {
+        KafkaArgs {
+            brokers: brokers.to_owned(),
+            topic: topic.to_owned(),
+            partitions,
+            replication_factor: 1,
+        }
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            // Quiet the log when a broker restarts; errors still reach the error callback.
+            .set("log.connection.close", "false");
+        c
+    }
+
+    /// Producer: every record acknowledged by all in-sync replicas, idempotent so that the
+    /// producer's own retries never duplicate a record, keyed partitioning like Java clients.
+    pub fn producer(&self, delivery_timeout: Duration) -> ClientConfig {
+        let mut c = self.base();
+        c.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", delivery_timeout.as_millis().to_string());
+        c
+    }
+
+    /// A consumer-group member whose offsets live in SQLite: no automatic commits, no reliance
+    /// on Kafka's committed offsets (start positions are set on assignment).
+    pub fn group_consumer(&self, group: &str, session_timeout: Duration) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .set("session.timeout.ms", session_timeout.as_millis().to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (session_timeout.as_millis() / 3).max(100).to_string(),
+            )
+            .set("partition.assignment.strategy", "range");
+        c
+    }
+
+    /// A reader of explicitly assigned partitions (no group membership), that reports the end
+    /// of each partition: how the replayer knows it is caught up.
+    pub fn reader(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", "tally-replayer-unused")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true");
+        c
+    }
+
+    /// Creates the topic when it is missing; an existing topic is fine whatever its size.
+    pub async fn ensure_topic(&self) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .base()
+            .create()
+            .context("cannot create the Kafka admin client")?;
+        let topic = NewTopic::new(
+            &self.topic,
+            self.partitions,
+            TopicReplication::Fixed(self.replication_factor),
+        );
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics([&topic], &opts)
+            .await
+            .with_context(|| format!("cannot create topic {} on {}", self.topic, self.brokers))?;
+        for r in results {
+            match r {
+                Ok(_) => tracing::info!(topic = %self.topic, partitions = self.partitions, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    tracing::debug!(topic = %self.topic, "topic exists")
+                }
+                Err((t, code)) => bail!("cannot create topic {t} on {}: {code}", self.brokers),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ids of the topic's partitions, from broker metadata.
+pub fn partitions_of<C: rdkafka::consumer::Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<i32>> {
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("cannot read metadata of topic {topic}"))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .with_context(|| format!("topic {topic} is not in the broker's metadata"))?;
+    if let Some(e) = t.error() {
+        bail!("topic {topic}: {:?}", RDKafkaErrorCode::from(e));
+    }
+    let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    ids.sort_unstable();
+    if ids.is_empty() {
+        bail!("topic {topic} has no partitions (does it exist?)");
+    }
+    Ok(ids)
+}

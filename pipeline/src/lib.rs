@@ -1,0 +1,16 @@
+//! The contract Tally's binaries share, and nothing else: the record on the topic
+//! ([`record`]), the pure fold of records into sums ([`fold`]), the SQLite store where sums and
+//! offsets change together ([`store`]), the owner of partitions that folds and commits
+//! ([`applier`]), Kafka configuration ([`kafka`]), and process plumbing ([`telemetry`],
+//! [`shutdown`]).
+//!
+//! What must not live here: HTTP (ingest's and the aggregator's own), command-line parsing of a
+//! particular binary, or anything that talks to a broker on its own initiative.
+
+pub mod applier;
+pub mod fold;
+pub mod kafka;
+pub mod record;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,424 @@
+//! The SQLite store: schema and migrations, and `apply`, the one place where sums and offsets
+//! change. Every change to a partition's sums happens in the same transaction as the
+//! compare-and-set of that partition's next offset against the offset the batch started from.
+//!
+//! Opening sets WAL mode and `synchronous=FULL` (a committed batch survives power loss), and a
+//! busy timeout so that several aggregator processes can share one file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use crate::fold::PartitionBatch;
+
+/// Migrations, in order; the schema version is the number applied (`PRAGMA user_version`).
+const MIGRATIONS: &[&str] = &[include_str!("store/001_initial.sql")];
+
+/// How long a writer waits for another process's transaction before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database schema version {found} is newer than this build supports ({supported}); upgrade tally")]
+    NewerSchema { found: i64, supported: i64 },
+    #[error("database folds topic '{found}', not '{wanted}'")]
+    TopicMismatch { found: String, wanted: String },
+    #[error("database {0} already exists")]
+    Exists(String),
+    #[error("database {0} does not exist")]
+    Missing(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A partition whose stored offset was not the one its batch started from: another consumer
+/// owns it now (or did meanwhile). Its batch was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fenced {
+    pub partition: i32,
+    pub expected: Option<i64>,
+    pub stored: Option<i64>,
+}
+
+/// What `apply` did: partitions committed with their new next offset, and partitions fenced.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub committed: Vec<(i32, i64)>,
+    pub fenced: Vec<Fenced>,
+}
+
+/// A quarantined record as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RejectedRow {
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// How to open a database file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create it when missing (the aggregator).
+    CreateIfMissing,
+    /// It must not exist yet (a rebuild into a fresh database).
+    CreateNew,
+    /// It must exist (verify, continue).
+    Existing,
+}
+
+/// One connection to a Tally database, bound to one topic.
+pub struct Store {
+    conn: Connection,
+    topic: String,
+}
+
+impl Store {
+    pub fn open(path: &Path, topic: &str, mode: OpenMode) -> Result<Store> {
+        let exists = path.exists();
+        match mode {
+            OpenMode::CreateNew if exists => {
+                return Err(StoreError::Exists(path.display().to_string()))
+            }
+            OpenMode::Existing if !exists => {
+                return Err(StoreError::Missing(path.display().to_string()))
+            }
+            _ => {}
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        Self::init(conn, topic)
+    }
+
+    /// An in-memory database, for tests and temporary work.
+    pub fn in_memory(topic: &str) -> Result<Store> {
+        Self::init(Connection::open_in_memory()?, topic)
+    }
+
+    fn init(mut conn: Connection, topic: &str) -> Result<Store> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Pragmas outside any transaction: journal mode cannot change inside one.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        bind_topic(&mut conn, topic)?;
+        Ok(Store {
+            conn,
+            topic: topic.to_owned(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The stored next offset of a partition, `None` when nothing was ever applied for it.
+    pub fn stored_offset(&self, partition: i32) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT next_offset FROM offsets WHERE topic = ?1 AND partition = ?2")?
+            .query_row(params![self.topic, partition], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Every stored next offset, by partition.
+    pub fn stored_offsets(&self) -> Result<BTreeMap<i32, i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT partition, next_offset FROM offsets WHERE topic = ?1 ORDER BY partition",
+        )?;
+        let rows = stmt.query_map([&self.topic], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The stored sum of a key within one partition (0 when the key has no row there).
+    pub fn partition_sum(&self, partition: i32, key: &str) -> Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT sum FROM sums WHERE key = ?1 AND partition = ?2")?
+            .query_row(params![key, partition], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// The sum of a key over all partitions; `None` when the key was never seen.
+    /// Rows of one key in several partitions (only after a repartition) are added in i128 and
+    /// saturate at the i64 bounds.
+    pub fn key_sum(&self, key: &str) -> Result<Option<i64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT sum FROM sums WHERE key = ?1")?;
+        let mut rows = stmt.query([key])?;
+        let mut total: Option<i128> = None;
+        while let Some(row) = rows.next()? {
+            *total.get_or_insert(0) += row.get::<_, i64>(0)? as i128;
+        }
+        Ok(total.map(|t| t.clamp(i64::MIN as i128, i64::MAX as i128) as i64))
+    }
+
+    /// Every sum row, keyed by (key, partition): what verify compares.
+    pub fn all_sums(&self) -> Result<BTreeMap<(String, i32), i64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, partition, sum FROM sums")?;
+        let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Quarantined records, in partition and offset order, after the given position.
+    pub fn rejected(&self, after: Option<(i32, i64)>, limit: usize) -> Result<Vec<RejectedRow>> {
+        let (p, o) = after.unwrap_or((i32::MIN, i64::MIN));
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT partition, \"offset\", reason, key, value FROM rejected_records
+             WHERE topic = ?1 AND (partition, \"offset\") > (?2, ?3)
+             ORDER BY partition, \"offset\" LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![self.topic, p, o, limit as i64], |r| {
+            Ok(RejectedRow {
+                partition: r.get(0)?,
+                offset: r.get(1)?,
+                reason: r.get(2)?,
+                key: r.get(3)?,
+                value: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Applies pending batches in one transaction. For each partition the stored next offset
+    /// must still equal the batch's `start` (compare-and-set); a partition where it does not is
+    /// fenced and none of its rows are written, while the other partitions commit.
+    /// Empty batches are skipped.
+    pub fn apply<'a>(
+        &mut self,
+        batches: impl IntoIterator<Item = (i32, &'a PartitionBatch)>,
+    ) -> Result<Applied> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = Applied::default();
+        {
+            let mut cas_update = tx.prepare_cached(
+                "UPDATE offsets SET next_offset = ?1
+                 WHERE topic = ?2 AND partition = ?3 AND next_offset = ?4",
+            )?;
+            let mut cas_insert = tx.prepare_cached(
+                "INSERT INTO offsets (topic, partition, next_offset) VALUES (?2, ?3, ?1)
+                 ON CONFLICT (topic, partition) DO NOTHING",
+            )?;
+            let mut stored = tx.prepare_cached(
+                "SELECT next_offset FROM offsets WHERE topic = ?1 AND partition = ?2",
+            )?;
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO sums (key, partition, sum) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key, partition) DO UPDATE SET sum = excluded.sum",
+            )?;
+            let mut quarantine = tx.prepare_cached(
+                "INSERT OR IGNORE INTO rejected_records
+                 (topic, partition, \"offset\", reason, key, value)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (partition, batch) in batches {
+                let Some(next) = batch.next.filter(|_| !batch.is_empty()) else {
+                    continue;
+                };
+                let swapped = match batch.start {
+                    Some(start) => cas_update.execute(params![next, self.topic, partition, start])?,
+                    None => cas_insert.execute(params![next, self.topic, partition])?,
+                };
+                if swapped != 1 {
+                    out.fenced.push(Fenced {
+                        partition,
+                        expected: batch.start,
+                        stored: stored
+                            .query_row(params![self.topic, partition], |r| r.get(0))
+                            .optional()?,
+                    });
+                    continue;
+                }
+                for (key, sum) in &batch.sums {
+                    upsert.execute(params![key, partition, sum])?;
+                }
+                for r in &batch.rejected {
+                    quarantine.execute(params![
+                        self.topic, partition, r.offset, r.reason, r.key, r.value
+                    ])?;
+                }
+                out.committed.push((partition, next));
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Direct access for tests and tools that alter a database on purpose.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let supported = MIGRATIONS.len() as i64;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > supported {
+        return Err(StoreError::NewerSchema { found, supported });
+    }
+    for sql in &MIGRATIONS[found as usize..] {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", supported)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn bind_topic(conn: &mut Connection, topic: &str) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "INSERT INTO meta (name, value) VALUES ('topic', ?1) ON CONFLICT (name) DO NOTHING",
+        [topic],
+    )?;
+    let found: String = tx.query_row("SELECT value FROM meta WHERE name = 'topic'", [], |r| {
+        r.get(0)
+    })?;
+    tx.commit()?;
+    if found != topic {
+        return Err(StoreError::TopicMismatch {
+            found,
+            wanted: topic.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::encode_value;
+
+    fn batch(store: &Store, partition: i32, start: Option<i64>, recs: &[(i64, &str, i64)]) -> PartitionBatch {
+        let mut b = PartitionBatch::new(start);
+        for &(off, key, delta) in recs {
+            b.fold(off, Some(key.as_bytes()), Some(&encode_value(delta)), |k| {
+                store.partition_sum(partition, k)
+            })
+            .unwrap();
+        }
+        b
+    }
+
+    #[test]
+    fn apply_commits_sums_and_offsets_together() {
+        let mut s = Store::in_memory("t").unwrap();
+        let b = batch(&s, 0, None, &[(0, "a", 2), (1, "b", 3), (2, "a", 5)]);
+        let out = s.apply([(0, &b)]).unwrap();
+        assert_eq!(out.committed, vec![(0, 3)]);
+        assert_eq!(s.key_sum("a").unwrap(), Some(7));
+        assert_eq!(s.key_sum("b").unwrap(), Some(3));
+        assert_eq!(s.key_sum("never").unwrap(), None);
+        assert_eq!(s.stored_offset(0).unwrap(), Some(3));
+
+        let b = batch(&s, 0, Some(3), &[(3, "a", -10)]);
+        s.apply([(0, &b)]).unwrap();
+        assert_eq!(s.key_sum("a").unwrap(), Some(-3));
+    }
+
+    #[test]
+    fn stale_owner_is_fenced_and_writes_nothing() {
+        let mut s = Store::in_memory("t").unwrap();
+        // Two owners of partition 0 both start from the stored offset (none).
+        let first = batch(&s, 0, None, &[(0, "a", 1), (1, "a", 1)]);
+        let zombie = batch(&s, 0, None, &[(0, "a", 1), (1, "a", 1), (2, "a", 1)]);
+        assert_eq!(s.apply([(0, &first)]).unwrap().committed, vec![(0, 2)]);
+        let out = s.apply([(0, &zombie)]).unwrap();
+        assert!(out.committed.is_empty());
+        assert_eq!(
+            out.fenced,
+            vec![Fenced { partition: 0, expected: None, stored: Some(2) }]
+        );
+        assert_eq!(s.key_sum("a").unwrap(), Some(2));
+
+        // Same with a stored offset: both start at 2, one wins.
+        let a = batch(&s, 0, Some(2), &[(2, "a", 10)]);
+        let b = batch(&s, 0, Some(2), &[(2, "a", 10), (3, "a", 10)]);
+        s.apply([(0, &b)]).unwrap();
+        assert_eq!(s.apply([(0, &a)]).unwrap().fenced.len(), 1);
+        assert_eq!(s.key_sum("a").unwrap(), Some(22));
+        assert_eq!(s.stored_offset(0).unwrap(), Some(4));
+    }
+
+    #[test]
+    fn a_fenced_partition_does_not_block_the_others() {
+        let mut s = Store::in_memory("t").unwrap();
+        let p0 = batch(&s, 0, Some(5), &[(5, "a", 1)]);
+        let p1 = batch(&s, 1, None, &[(0, "b", 1)]);
+        let out = s.apply([(0, &p0), (1, &p1)]).unwrap();
+        assert_eq!(out.committed, vec![(1, 1)]);
+        assert_eq!(out.fenced[0].partition, 0);
+        assert_eq!(s.key_sum("a").unwrap(), None);
+        assert_eq!(s.key_sum("b").unwrap(), Some(1));
+    }
+
+    #[test]
+    fn rejected_records_land_with_the_offset() {
+        let mut s = Store::in_memory("t").unwrap();
+        let mut b = PartitionBatch::new(None);
+        b.fold(0, Some(b"k"), Some(b"\xffjunk"), |_| Ok::<_, StoreError>(0))
+            .unwrap();
+        b.fold(1, Some(b"k"), Some(&encode_value(4)), |_| Ok::<_, StoreError>(0))
+            .unwrap();
+        s.apply([(3, &b)]).unwrap();
+        let rows = s.rejected(None, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].partition, rows[0].offset), (3, 0));
+        assert_eq!(rows[0].value.as_deref(), Some(&b"\xffjunk"[..]));
+        assert_eq!(s.stored_offset(3).unwrap(), Some(2));
+        assert_eq!(s.key_sum("k").unwrap(), Some(4));
+    }
+
+    #[test]
+    fn reopening_keeps_state_and_refuses_other_topics_and_newer_schemas() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            let mut s = Store::open(&path, "t", OpenMode::CreateNew).unwrap();
+            let b = batch(&s, 0, None, &[(0, "a", 1)]);
+            s.apply([(0, &b)]).unwrap();
+        }
+        assert!(matches!(
+            Store::open(&path, "t", OpenMode::CreateNew),
+            Err(StoreError::Exists(_))
+        ));
+        let s = Store::open(&path, "t", OpenMode::Existing).unwrap();
+        assert_eq!(s.key_sum("a").unwrap(), Some(1));
+        let mode: String = s
+            .connection()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(s);
+        assert!(matches!(
+            Store::open(&path, "other", OpenMode::Existing),
+            Err(StoreError::TopicMismatch { .. })
+        ));
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            Store::open(&path, "t", OpenMode::Existing),
+            Err(StoreError::NewerSchema { found: 99, .. })
+        ));
+        assert!(matches!(
+            Store::open(&dir.path().join("nope.db"), "t", OpenMode::Existing),
+            Err(StoreError::Missing(_))
+        ));
+    }
+}
