@@ -26,6 +26,9 @@ pub enum Folded {
     Duplicate,
     /// The record's partition is not owned (any more); it was ignored.
     NotOwned,
+    /// The record lies after the batch's next offset: records in between were not seen. It was
+    /// not folded; the caller must seek back to the batch's next offset.
+    Gap,
 }
 
 /// Pending work for one partition: the offset it starts from (the compare-and-set expectation),
@@ -73,10 +76,10 @@ impl PartitionBatch {
         value: Option<&[u8]>,
         stored_sum: impl FnOnce(&str) -> Result<i64, E>,
     ) -> Result<Folded, E> {
-        if let Some(next) = self.next {
-            if offset < next {
-                return Ok(Folded::Duplicate);
-            }
+        match self.next {
+            Some(next) if offset < next => return Ok(Folded::Duplicate),
+            Some(next) if offset > next => return Ok(Folded::Gap),
+            _ => {}
         }
         let decoded = decode_key(key).and_then(|k| Ok((k, decode_value(value)?.delta)));
         let (key_str, delta) = match decoded {
@@ -181,6 +184,22 @@ mod tests {
         );
         assert_eq!(b.sums["k"], 1);
         assert!(PartitionBatch::new(Some(3)).is_empty());
+    }
+
+    #[test]
+    fn a_gap_is_refused_so_no_offset_passes_an_unseen_record() {
+        let db = HashMap::new();
+        let mut b = PartitionBatch::new(Some(3));
+        assert_eq!(
+            b.fold(5, Some(b"k"), Some(&encode_value(1)), stored(&db)),
+            Ok(Folded::Gap)
+        );
+        assert!(b.is_empty());
+        // With nothing stored, the first record may be anywhere (the log's start).
+        let mut b = PartitionBatch::new(None);
+        let r = b.fold(40, Some(b"k"), Some(&encode_value(1)), stored(&db));
+        assert_eq!(r, Ok(Folded::Applied));
+        assert_eq!(b.next, Some(41));
     }
 
     #[test]

@@ -1,0 +1,46 @@
+//! The aggregator's flags; each also reads an environment variable and has a default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tally_pipeline::kafka::KafkaArgs;
+
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "aggregator", version, about = "Folds the increments topic into exact per-key sums in SQLite and serves them over HTTP")]
+pub struct Config {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Consumer group; aggregators in one group share the partitions.
+    #[arg(long, env = "TALLY_GROUP", default_value = "tally-aggregator")]
+    pub group: String,
+    /// SQLite database holding sums and offsets (shared by all aggregators of a group).
+    #[arg(long, env = "TALLY_DB", default_value = "tally.db")]
+    pub db: PathBuf,
+    /// Address of the HTTP API.
+    #[arg(long, env = "TALLY_AGGREGATOR_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// How often pending work is committed to SQLite, in milliseconds.
+    #[arg(long, env = "TALLY_COMMIT_INTERVAL_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub commit_interval_ms: u64,
+    /// Consumer group session timeout in milliseconds; a member silent this long loses its
+    /// partitions.
+    #[arg(long, env = "TALLY_SESSION_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1_000..=300_000))]
+    pub session_timeout_ms: u64,
+    /// Commit early when this many records are pending (bounds memory).
+    #[arg(long, env = "TALLY_MAX_PENDING_RECORDS", default_value_t = 50_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending_records: u64,
+}
+
+impl Config {
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.commit_interval_ms)
+    }
+
+    pub fn session_timeout(&self) -> Duration {
+        Duration::from_millis(self.session_timeout_ms)
+    }
+}

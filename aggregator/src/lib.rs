@@ -1,0 +1,56 @@
+//! The aggregator: a consumer-group member that folds its partitions into exact per-key sums
+//! in SQLite ([`consumer`]) and serves them over HTTP ([`api`]).
+//!
+//! What lives here: the group membership, commit cadence and the read API. What must not:
+//! the fold, the record format or SQL that changes sums (those are `tally_pipeline`'s, shared
+//! with the replayer, so that a rebuild folds exactly as the live consumer does).
+
+pub mod api;
+mod config;
+pub mod consumer;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tally_pipeline::store::{OpenMode, Store};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// How long shutdown waits for the consumer's last commit and group leave.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs the aggregator until `shutdown` resolves or the consumer fails.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    config.kafka.ensure_topic().await?;
+    let reader = Store::open(&config.db, &config.kafka.topic, OpenMode::CreateIfMissing)
+        .with_context(|| format!("cannot open database {}", config.db.display()))?;
+    let stop = CancellationToken::new();
+    let (addr, server) = warp::serve(api::routes(api::Reader::new(reader)))
+        .try_bind_with_graceful_shutdown(config.listen, stop.clone().cancelled_owned())
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(%addr, "aggregator API listening");
+    let server = tokio::spawn(server);
+    let mut consumer = tokio::task::spawn_blocking({
+        let stop = stop.clone();
+        move || consumer::run(&config, stop)
+    });
+    let result = tokio::select! {
+        _ = shutdown => {
+            stop.cancel();
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut consumer).await {
+                Ok(r) => r.context("consumer thread panicked").and_then(|r| r),
+                Err(_) => Err(anyhow::anyhow!("consumer did not stop within {SHUTDOWN_GRACE:?}")),
+            }
+        }
+        r = &mut consumer => {
+            stop.cancel();
+            r.context("consumer thread panicked")
+                .and_then(|r| r)
+                .and_then(|()| Err(anyhow::anyhow!("consumer stopped unexpectedly")))
+        }
+    };
+    let _ = server.await;
+    result
+}

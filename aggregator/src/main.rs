@@ -1,0 +1,14 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tally_pipeline::telemetry::init();
+    let config = aggregator::Config::parse();
+    match aggregator::run(config, tally_pipeline::shutdown::signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("aggregator failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

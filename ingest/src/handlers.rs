@@ -1,0 +1,109 @@
+//! Request handlers: plain async functions from validated inputs to responses.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tally_http::{json, ApiError};
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::parse::{parse_form, parse_json, parse_ndjson, JsonBody};
+use crate::producer::{Appender, Landed};
+
+pub struct State {
+    pub appender: Appender,
+    pub max_batch: usize,
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+const JSON: &str = "application/json";
+const NDJSON: &str = "application/x-ndjson";
+
+/// The media type without parameters, lowercased.
+fn essence(content_type: &Option<String>) -> Option<String> {
+    content_type
+        .as_deref()
+        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+fn unsupported(got: Option<&str>, want: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!(
+            "content type {} is not accepted here; send {want}",
+            got.unwrap_or("(none)")
+        ),
+    )
+}
+
+#[derive(Serialize)]
+struct One {
+    partition: i32,
+    offset: i64,
+}
+
+#[derive(Serialize)]
+struct Batch {
+    accepted: usize,
+    offsets: BTreeMap<String, i64>,
+}
+
+/// `POST /increment`: `key=K&value=V` in a form body or in the query string.
+pub async fn increment(
+    query: String,
+    content_type: Option<String>,
+    body: Bytes,
+    state: Arc<State>,
+) -> Result<Response, ApiError> {
+    if !body.is_empty() && essence(&content_type).as_deref() != Some(FORM) {
+        return Err(unsupported(essence(&content_type).as_deref(), FORM));
+    }
+    let inc = parse_form(&[query.as_bytes(), &body])?;
+    let landed = state.appender.append(std::slice::from_ref(&inc)).await?;
+    Ok(one(landed[0]))
+}
+
+fn one(l: Landed) -> Response {
+    json(
+        StatusCode::OK,
+        &One {
+            partition: l.partition,
+            offset: l.offset,
+        },
+    )
+}
+
+/// `POST /increments`: one JSON object, a JSON array of them, or NDJSON lines.
+pub async fn increments(
+    content_type: Option<String>,
+    body: Bytes,
+    state: Arc<State>,
+) -> Result<Response, ApiError> {
+    let incs = match essence(&content_type).as_deref() {
+        Some(JSON) => match parse_json(&body, state.max_batch)? {
+            JsonBody::One(inc) => {
+                let landed = state.appender.append(std::slice::from_ref(&inc)).await?;
+                return Ok(one(landed[0]));
+            }
+            JsonBody::Many(incs) => incs,
+        },
+        Some(NDJSON) => parse_ndjson(&body, state.max_batch)?,
+        other => return Err(unsupported(other, "application/json or application/x-ndjson")),
+    };
+    let landed = state.appender.append(&incs).await?;
+    let mut offsets = BTreeMap::new();
+    for l in &landed {
+        let max = offsets.entry(l.partition.to_string()).or_insert(l.offset);
+        *max = (*max).max(l.offset);
+    }
+    Ok(json(
+        StatusCode::OK,
+        &Batch {
+            accepted: landed.len(),
+            offsets,
+        },
+    ))
+}
