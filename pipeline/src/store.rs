@@ -51,6 +51,14 @@ pub struct Applied {
     pub fenced: Vec<Fenced>,
 }
 
+/// A database's state at one moment: what verify compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub offsets: BTreeMap<i32, i64>,
+    pub sums: BTreeMap<(String, i32), i64>,
+    pub rejected: Vec<(i32, i64)>,
+}
+
 /// A quarantined record as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RejectedRow {
@@ -169,6 +177,29 @@ impl Store {
             .conn
             .prepare_cached("SELECT key, partition, sum FROM sums")?;
         let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Offsets and sums read in one transaction, so they describe the same moment even while
+    /// a consumer keeps committing (WAL readers see a snapshot).
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let tx = self.conn.unchecked_transaction()?;
+        let snap = Snapshot {
+            offsets: self.stored_offsets()?,
+            sums: self.all_sums()?,
+            rejected: self.rejected_offsets()?,
+        };
+        tx.commit()?;
+        Ok(snap)
+    }
+
+    /// (partition, offset) of every quarantined record.
+    pub fn rejected_offsets(&self) -> Result<Vec<(i32, i64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT partition, \"offset\" FROM rejected_records WHERE topic = ?1
+             ORDER BY partition, \"offset\"",
+        )?;
+        let rows = stmt.query_map([&self.topic], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -1,0 +1,12 @@
+//! The replayer: rebuilds or verifies Tally's state from the log. [`replay`] is the engine
+//! (read a range of partitions to partition EOF or to end offsets, fold with the shared
+//! `Applier`), [`verify`] compares a replay with a live database, [`positions`] parses log
+//! positions, [`cli`] is the command line.
+//!
+//! What must not live here: a fold, a schema or SQL of its own. A rebuild must fold exactly
+//! as the aggregator does, so both use `tally_pipeline`'s.
+
+pub mod cli;
+pub mod positions;
+pub mod replay;
+pub mod verify;

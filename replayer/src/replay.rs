@@ -1,0 +1,150 @@
+//! The replay engine: reads chosen partitions of the log from a start to an end and folds them
+//! with the same [`Applier`] the aggregator uses, committing as it goes. It is caught up when
+//! librdkafka reports partition EOF, never by trusting the high watermark.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tally_pipeline::applier::Applier;
+use tally_pipeline::fold::Folded;
+use tally_pipeline::kafka::{partitions_of, KafkaArgs};
+
+use crate::positions::{From, To};
+
+/// Commit at least this often, so a killed rebuild keeps most of its work.
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// How long a partition may go without progress short of its end offset before giving up.
+const STALL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub records: u64,
+    pub rejected: u64,
+    pub partitions: usize,
+}
+
+/// Replays `[from, to)` of the topic into the applier's database, for every partition of the
+/// topic or only those in `only`. Partitions whose start is at or past their end are skipped.
+pub fn replay(
+    kafka: &KafkaArgs,
+    applier: &mut Applier,
+    from: &From,
+    to: &To,
+    only: Option<&BTreeSet<i32>>,
+) -> anyhow::Result<Summary> {
+    let consumer: BaseConsumer = kafka
+        .reader()
+        .create()
+        .context("cannot create the Kafka reader")?;
+    let mut all = partitions_of(&consumer, &kafka.topic, Duration::from_secs(30))?;
+    if let Some(only) = only {
+        all.retain(|p| only.contains(p));
+    }
+    let stored = applier.assign(&all).context("cannot read stored offsets")?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+    for (p, stored) in stored {
+        // A database that already holds offsets (continue) resumes there; a fresh one starts
+        // where --from says.
+        let start = match (stored, from) {
+            (Some(o), _) => Offset::Offset(o),
+            (None, From::Offsets(m)) if m.contains_key(&p) => Offset::Offset(m[&p]),
+            (None, _) => Offset::Beginning,
+        };
+        let end = match to {
+            To::End => None,
+            To::Offsets(m) => m.get(&p).copied(),
+        };
+        if let (Offset::Offset(s), Some(e)) = (start, end) {
+            if s >= e {
+                applier.discard(&[p]);
+                continue;
+            }
+        }
+        tpl.add_partition_offset(&kafka.topic, p, start)?;
+        ends.insert(p, end);
+    }
+    let mut summary = Summary {
+        partitions: ends.len(),
+        ..Summary::default()
+    };
+    if ends.is_empty() {
+        return Ok(summary);
+    }
+    consumer.assign(&tpl).context("cannot assign partitions")?;
+    let mut open: BTreeSet<i32> = ends.keys().copied().collect();
+    let mut last_commit = Instant::now();
+    let mut last_progress = Instant::now();
+    while !open.is_empty() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let (p, offset) = (m.partition(), m.offset());
+                if !open.contains(&p) {
+                    continue;
+                }
+                if ends[&p].is_some_and(|e| offset >= e) {
+                    close(&consumer, &kafka.topic, &mut open, p);
+                    continue;
+                }
+                match applier.fold(p, offset, m.key(), m.payload())? {
+                    Folded::Applied | Folded::Rejected => {
+                        last_progress = Instant::now();
+                    }
+                    Folded::Duplicate | Folded::NotOwned => {}
+                    Folded::Gap => bail!(
+                        "partition {p}: the log jumps from offset {:?} to {offset}; records are missing from the log",
+                        applier.position(p)
+                    ),
+                }
+                if ends[&p].is_some_and(|e| offset + 1 >= e) {
+                    close(&consumer, &kafka.topic, &mut open, p);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                if ends.get(&p) == Some(&None) {
+                    close(&consumer, &kafka.topic, &mut open, p);
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "reader error"),
+            None => {}
+        }
+        if last_commit.elapsed() >= COMMIT_EVERY {
+            commit(applier, &mut summary)?;
+            last_commit = Instant::now();
+        }
+        if last_progress.elapsed() >= STALL {
+            bail!(
+                "no progress for {STALL:?} on partitions {open:?} short of their end offsets; is the broker up and does the log reach them?"
+            );
+        }
+    }
+    commit(applier, &mut summary)?;
+    Ok(summary)
+}
+
+fn close(consumer: &BaseConsumer, topic: &str, open: &mut BTreeSet<i32>, p: i32) {
+    if open.remove(&p) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, p);
+        // Stop fetching a finished partition; failure only costs some wasted fetches.
+        let _ = consumer.pause(&tpl);
+    }
+}
+
+fn commit(applier: &mut Applier, summary: &mut Summary) -> anyhow::Result<()> {
+    let r = applier.commit().context("cannot commit to the database")?;
+    if !r.fenced.is_empty() {
+        bail!(
+            "another process wrote to this database's partitions {:?} during the replay",
+            r.fenced
+        );
+    }
+    summary.records += r.records;
+    summary.rejected += r.rejected;
+    Ok(())
+}

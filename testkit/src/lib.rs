@@ -1,0 +1,56 @@
+//! Test support for Tally's end-to-end tests: a real tansu broker per test on a free port with
+//! its own data directory ([`broker`]), Tally's binaries as child processes that can be killed
+//! and restarted ([`process`]), and HTTP helpers with ground-truth bookkeeping ([`client`]).
+//!
+//! What must not live here: any Tally logic. Tests check the product through its processes and
+//! its HTTP API, so this crate depends on none of Tally's crates.
+//!
+//! A missing broker binary is a loud failure, never a skip: run `infra/install-broker.sh`.
+
+pub mod broker;
+pub mod client;
+pub mod process;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot find a free port")
+        .port()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The workspace root (this crate lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit has a parent directory")
+        .to_path_buf()
+}
+
+/// A unique name for topics and groups, so tests sharing a broker never collide.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
