@@ -66,7 +66,9 @@ struct SumBody {
 async fn get_sum(raw_key: String, reader: Reader) -> Result<Response, ApiError> {
     let key = percent_encoding::percent_decode_str(&raw_key)
         .decode_utf8()
-        .map_err(|_| ApiError::bad_request("invalid_key", "key is not valid percent-encoded utf-8"))?
+        .map_err(|_| {
+            ApiError::bad_request("invalid_key", "key is not valid percent-encoded utf-8")
+        })?
         .into_owned();
     let k = key.clone();
     match reader.read(move |s| s.key_sum(&k)).await? {
@@ -112,9 +114,12 @@ mod tests {
         let mut s = Store::in_memory("t").unwrap();
         let mut b = PartitionBatch::new(None);
         for (i, (k, d)) in keys.iter().enumerate() {
-            b.fold(i as i64, Some(k.as_bytes()), Some(&encode_value(*d)), |_| {
-                Ok::<_, std::convert::Infallible>(0)
-            })
+            b.fold(
+                i as i64,
+                Some(k.as_bytes()),
+                Some(&encode_value(*d)),
+                |_| Ok::<_, std::convert::Infallible>(0),
+            )
             .unwrap();
         }
         s.apply([(2, &b)]).unwrap();
@@ -124,7 +129,10 @@ mod tests {
     #[tokio::test]
     async fn sums_are_served_with_percent_decoded_keys() {
         let api = routes(reader_with(&[("a/b c", 5), ("x", -2)]));
-        let r = warp::test::request().path("/sums/a%2Fb%20c").reply(&api).await;
+        let r = warp::test::request()
+            .path("/sums/a%2Fb%20c")
+            .reply(&api)
+            .await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.body(), r#"{"key":"a/b c","sum":5}"#);
         let r = warp::test::request().path("/sums/nope").reply(&api).await;
@@ -134,10 +142,17 @@ mod tests {
         let r = warp::test::request().path("/sums/%FF").reply(&api).await;
         assert_eq!(r.status(), 400);
         let r = warp::test::request().path("/offsets").reply(&api).await;
-        assert_eq!(r.body(), r#"{"partitions":[{"partition":2,"next_offset":2}]}"#);
+        assert_eq!(
+            r.body(),
+            r#"{"partitions":[{"partition":2,"next_offset":2}]}"#
+        );
         let r = warp::test::request().path("/healthz").reply(&api).await;
         assert_eq!(r.status(), 200);
-        let r = warp::test::request().method("POST").path("/offsets").reply(&api).await;
+        let r = warp::test::request()
+            .method("POST")
+            .path("/offsets")
+            .reply(&api)
+            .await;
         assert_eq!(r.status(), 405);
     }
 }

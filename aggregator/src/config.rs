@@ -7,7 +7,11 @@ use std::time::Duration;
 use tally_pipeline::kafka::KafkaArgs;
 
 #[derive(clap::Parser, Debug, Clone)]
-#[command(name = "aggregator", version, about = "Folds the increments topic into exact per-key sums in SQLite and serves them over HTTP")]
+#[command(
+    name = "aggregator",
+    version,
+    about = "Folds the increments topic into exact per-key sums in SQLite and serves them over HTTP"
+)]
 pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -18,7 +22,11 @@ pub struct Config {
     #[arg(long, env = "TALLY_DB", default_value = "tally.db")]
     pub db: PathBuf,
     /// Address of the HTTP API.
-    #[arg(long, env = "TALLY_AGGREGATOR_LISTEN", default_value = "127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "TALLY_AGGREGATOR_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
     pub listen: SocketAddr,
     /// How often pending work is committed to SQLite, in milliseconds.
     #[arg(long, env = "TALLY_COMMIT_INTERVAL_MS", default_value_t = 100,

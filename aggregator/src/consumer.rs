@@ -100,8 +100,12 @@ impl ConsumerContext for Ctx {
                     self.applier().discard(&parts);
                 } else {
                     match self.applier().revoke(&parts) {
-                        Ok(r) => tracing::info!(?parts, committed = r.records, fenced = ?r.fenced, "partitions revoked after final commit"),
-                        Err(e) => tracing::warn!(?parts, error = %e, "commit on revoke failed, pending work dropped"),
+                        Ok(r) => {
+                            tracing::info!(?parts, committed = r.records, fenced = ?r.fenced, "partitions revoked after final commit")
+                        }
+                        Err(e) => {
+                            tracing::warn!(?parts, error = %e, "commit on revoke failed, pending work dropped")
+                        }
                     }
                     // revoke() forgets the partitions even when its commit failed.
                     self.applier().discard(&parts);
@@ -185,7 +189,11 @@ pub fn run(config: &Config, stop: CancellationToken) -> anyhow::Result<()> {
         {
             let ok = commit(&consumer, &topic);
             last_commit = Instant::now();
-            paused = set_paused(&consumer, paused, !ok && pending >= config.max_pending_records);
+            paused = set_paused(
+                &consumer,
+                paused,
+                !ok && pending >= config.max_pending_records,
+            );
         } else if pending == 0 && paused {
             paused = set_paused(&consumer, paused, false);
         }

@@ -18,7 +18,7 @@ const KEYS: usize = 500;
 
 fn key(i: usize) -> String {
     // Some keys need percent-encoding on the way in and out.
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         format!("user/é {i}&x=y")
     } else {
         format!("key-{i}")
@@ -137,7 +137,10 @@ fn exact_sums_through_aggregator_kills_then_rebuild_and_verify() {
     done.store(true, Ordering::Relaxed);
     assert!(truth.acknowledged >= 20_000, "sent {}", truth.acknowledged);
     assert!(kills >= 3);
-    assert!(truth.sums.values().any(|v| *v < 0), "values are positive and negative");
+    assert!(
+        truth.sums.values().any(|v| *v < 0),
+        "values are positive and negative"
+    );
 
     p.wait_caught_up(&agg.base, &truth, Duration::from_secs(180));
     assert_sums(&agg.base, &truth);
@@ -145,7 +148,11 @@ fn exact_sums_through_aggregator_kills_then_rebuild_and_verify() {
     // Rebuild into a fresh database: identical sums.
     let rebuilt = p.dir.path().join("rebuilt.db");
     let out = p.replayer(&["rebuild", "--db", rebuilt.to_str().unwrap()]);
-    assert!(out.status.success(), "rebuild failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rebuild failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rebuilt = Store::open(&rebuilt, &p.topic, OpenMode::Existing).unwrap();
     let live = Store::open(&p.db(), &p.topic, OpenMode::Existing).unwrap();
     let rebuilt_sums = rebuilt.all_sums().unwrap();
@@ -175,8 +182,15 @@ fn exact_sums_through_aggregator_kills_then_rebuild_and_verify() {
         .unwrap();
     let out = p.replayer(&["verify", "--db", p.db().to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "verify after tampering: {stdout}");
-    assert!(stdout.contains(&k), "the report names the altered key: {stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "verify after tampering: {stdout}"
+    );
+    assert!(
+        stdout.contains(&k),
+        "the report names the altered key: {stdout}"
+    );
 }
 
 /// Sends a request and returns (status, body as JSON).
@@ -216,28 +230,116 @@ fn bad_input_gets_a_json_error_and_appends_nothing() {
     };
     let long_key = format!(r#"{{"key":"{}","value":1}}"#, "k".repeat(257));
     let cases: Vec<(&str, reqwest::blocking::RequestBuilder, u16, &str)> = vec![
-        ("malformed json", json_body("{\"key\":"), 400, "invalid_json"),
-        ("float", json_body(r#"{"key":"k","value":1.5}"#), 400, "value_not_integer"),
-        ("exponent", json_body(r#"{"key":"k","value":1e3}"#), 400, "value_not_integer"),
-        ("string value", json_body(r#"{"key":"k","value":"1"}"#), 400, "value_not_integer"),
-        ("overflow", json_body(r#"{"key":"k","value":9223372036854775808}"#), 400, "value_out_of_range"),
-        ("empty key", json_body(r#"{"key":"","value":1}"#), 400, "empty_key"),
-        ("long key", c.post(&incs).header("content-type", "application/json").body(long_key), 400, "key_too_long"),
-        ("form float", form(b"key=k&value=1.0"), 400, "value_not_integer"),
-        ("form overflow", form(b"key=k&value=-9223372036854775809"), 400, "value_out_of_range"),
-        ("form invalid utf-8", form(b"key=%FF%FE&value=1"), 400, "invalid_utf8"),
+        (
+            "malformed json",
+            json_body("{\"key\":"),
+            400,
+            "invalid_json",
+        ),
+        (
+            "float",
+            json_body(r#"{"key":"k","value":1.5}"#),
+            400,
+            "value_not_integer",
+        ),
+        (
+            "exponent",
+            json_body(r#"{"key":"k","value":1e3}"#),
+            400,
+            "value_not_integer",
+        ),
+        (
+            "string value",
+            json_body(r#"{"key":"k","value":"1"}"#),
+            400,
+            "value_not_integer",
+        ),
+        (
+            "overflow",
+            json_body(r#"{"key":"k","value":9223372036854775808}"#),
+            400,
+            "value_out_of_range",
+        ),
+        (
+            "empty key",
+            json_body(r#"{"key":"","value":1}"#),
+            400,
+            "empty_key",
+        ),
+        (
+            "long key",
+            c.post(&incs)
+                .header("content-type", "application/json")
+                .body(long_key),
+            400,
+            "key_too_long",
+        ),
+        (
+            "form float",
+            form(b"key=k&value=1.0"),
+            400,
+            "value_not_integer",
+        ),
+        (
+            "form overflow",
+            form(b"key=k&value=-9223372036854775809"),
+            400,
+            "value_out_of_range",
+        ),
+        (
+            "form invalid utf-8",
+            form(b"key=%FF%FE&value=1"),
+            400,
+            "invalid_utf8",
+        ),
         ("form missing value", form(b"key=k"), 400, "missing_value"),
-        ("ndjson invalid utf-8", ndjson(b"{\"key\":\"ok\",\"value\":1}\n{\"key\":\"\xff\",\"value\":1}\n"), 400, "invalid_json"),
-        ("batch with one bad item", json_body(r#"[{"key":"a","value":1},{"key":"b","value":0.5}]"#), 400, "value_not_integer"),
-        ("wrong content type", c.post(&incs).header("content-type", "text/plain").body("key=k&value=1"), 415, "unsupported_media_type"),
-        ("form route with json", c.post(&inc).header("content-type", "application/json").body(r#"{"key":"k","value":1}"#), 415, "unsupported_media_type"),
-        ("body over the limit", c.post(&incs).header("content-type", "application/x-ndjson").body("{\"key\":\"k\",\"value\":1}\n".repeat(400)), 413, "body_too_large"),
+        (
+            "ndjson invalid utf-8",
+            ndjson(b"{\"key\":\"ok\",\"value\":1}\n{\"key\":\"\xff\",\"value\":1}\n"),
+            400,
+            "invalid_json",
+        ),
+        (
+            "batch with one bad item",
+            json_body(r#"[{"key":"a","value":1},{"key":"b","value":0.5}]"#),
+            400,
+            "value_not_integer",
+        ),
+        (
+            "wrong content type",
+            c.post(&incs)
+                .header("content-type", "text/plain")
+                .body("key=k&value=1"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "form route with json",
+            c.post(&inc)
+                .header("content-type", "application/json")
+                .body(r#"{"key":"k","value":1}"#),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "body over the limit",
+            c.post(&incs)
+                .header("content-type", "application/x-ndjson")
+                .body("{\"key\":\"k\",\"value\":1}\n".repeat(400)),
+            413,
+            "body_too_large",
+        ),
     ];
     for (name, req, want_status, want_code) in cases {
         let (s, body) = send(req);
         assert_eq!(s, want_status, "{name}: {body}");
         assert_eq!(body["error"]["code"], want_code, "{name}: {body}");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{name}: {body}"
+        );
     }
 
     // Nothing was appended: the next good record directly follows the first.

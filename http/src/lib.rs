@@ -98,7 +98,11 @@ fn error_for(r: &Rejection) -> ApiError {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route");
     }
     if let Some(e) = r.find::<rj::PayloadTooLarge>() {
-        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", e.to_string());
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            e.to_string(),
+        );
     }
     if let Some(e) = r.find::<rj::UnsupportedMediaType>() {
         return ApiError::new(
@@ -117,7 +121,11 @@ fn error_for(r: &Rejection) -> ApiError {
         return ApiError::bad_request("missing_header", e.to_string());
     }
     if let Some(e) = r.find::<rj::LengthRequired>() {
-        return ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", e.to_string());
+        return ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            e.to_string(),
+        );
     }
     if let Some(e) = r.find::<rj::MethodNotAllowed>() {
         return ApiError::new(

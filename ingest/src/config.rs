@@ -6,7 +6,11 @@ use std::time::Duration;
 use tally_pipeline::kafka::KafkaArgs;
 
 #[derive(clap::Parser, Debug, Clone)]
-#[command(name = "ingest", version, about = "Accepts increments over HTTP and appends them to the log; answers 200 only after the broker acknowledged")]
+#[command(
+    name = "ingest",
+    version,
+    about = "Accepts increments over HTTP and appends them to the log; answers 200 only after the broker acknowledged"
+)]
 pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaArgs,

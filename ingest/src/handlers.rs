@@ -23,9 +23,13 @@ const NDJSON: &str = "application/x-ndjson";
 
 /// The media type without parameters, lowercased.
 fn essence(content_type: &Option<String>) -> Option<String> {
-    content_type
-        .as_deref()
-        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    content_type.as_deref().map(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    })
 }
 
 fn unsupported(got: Option<&str>, want: &str) -> ApiError {
@@ -91,7 +95,12 @@ pub async fn increments(
             JsonBody::Many(incs) => incs,
         },
         Some(NDJSON) => parse_ndjson(&body, state.max_batch)?,
-        other => return Err(unsupported(other, "application/json or application/x-ndjson")),
+        other => {
+            return Err(unsupported(
+                other,
+                "application/json or application/x-ndjson",
+            ))
+        }
     };
     let landed = state.appender.append(&incs).await?;
     let mut offsets = BTreeMap::new();

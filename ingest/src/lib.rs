@@ -21,7 +21,10 @@ pub use config::Config;
 
 /// Runs ingest until `shutdown` resolves: then it stops accepting, lets in-flight requests
 /// finish (each still waits for its acknowledgement) and flushes the producer.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     config.kafka.ensure_topic().await?;
     let appender = producer::Appender::new(&config.kafka, config.delivery_timeout())?;
     let state = Arc::new(handlers::State {

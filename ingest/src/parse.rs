@@ -23,7 +23,10 @@ pub fn validate_key(key: &str) -> Result<(), ApiError> {
     if key.len() > MAX_KEY_BYTES {
         return Err(ApiError::bad_request(
             "key_too_long",
-            format!("key is {} bytes; at most {MAX_KEY_BYTES} are allowed", key.len()),
+            format!(
+                "key is {} bytes; at most {MAX_KEY_BYTES} are allowed",
+                key.len()
+            ),
         ));
     }
     Ok(())
@@ -76,9 +79,10 @@ pub fn parse_form(parts: &[&[u8]]) -> Result<Increment, ApiError> {
             }
         }
     }
-    let key = key.ok_or_else(|| ApiError::bad_request("missing_key", "parameter key is required"))?;
-    let value =
-        value.ok_or_else(|| ApiError::bad_request("missing_value", "parameter value is required"))?;
+    let key =
+        key.ok_or_else(|| ApiError::bad_request("missing_key", "parameter key is required"))?;
+    let value = value
+        .ok_or_else(|| ApiError::bad_request("missing_value", "parameter value is required"))?;
     validate_key(&key)?;
     Ok(Increment {
         value: parse_value(&value)?,
@@ -146,7 +150,8 @@ pub fn parse_json(body: &[u8], max_batch: usize) -> Result<JsonBody, ApiError> {
             .collect::<Result<_, _>>()?;
         Ok(JsonBody::Many(incs))
     } else {
-        let item: JsonIncrement = serde_json::from_slice(body).map_err(|e| invalid_json(e, None))?;
+        let item: JsonIncrement =
+            serde_json::from_slice(body).map_err(|e| invalid_json(e, None))?;
         Ok(JsonBody::One(item.validate()?))
     }
 }
@@ -165,14 +170,20 @@ pub fn parse_ndjson(body: &[u8], max_batch: usize) -> Result<Vec<Increment>, Api
         out.push(item.validate().map_err(|e| at_item(e, "line", i + 1))?);
     }
     if out.is_empty() {
-        return Err(ApiError::bad_request("empty_batch", "the body holds no increments"));
+        return Err(ApiError::bad_request(
+            "empty_batch",
+            "the body holds no increments",
+        ));
     }
     Ok(out)
 }
 
 fn check_batch_len(len: usize, max: usize) -> Result<(), ApiError> {
     if len == 0 {
-        return Err(ApiError::bad_request("empty_batch", "the batch holds no increments"));
+        return Err(ApiError::bad_request(
+            "empty_batch",
+            "the batch holds no increments",
+        ));
     }
     if len > max {
         return Err(ApiError::bad_request(
@@ -203,7 +214,10 @@ mod tests {
     fn values() {
         assert_eq!(parse_value("42").unwrap(), 42);
         assert_eq!(parse_value("-9223372036854775808").unwrap(), i64::MIN);
-        assert_eq!(code(parse_value("9223372036854775808")), "value_out_of_range");
+        assert_eq!(
+            code(parse_value("9223372036854775808")),
+            "value_out_of_range"
+        );
         for bad in ["1.0", "1e3", "", "-", "+1", " 1", "0x10", "abc", "1_000"] {
             assert_eq!(code(parse_value(bad)), "value_not_integer", "{bad}");
         }
@@ -212,15 +226,27 @@ mod tests {
     #[test]
     fn forms() {
         let inc = parse_form(&[b"key=a+b%2Fc&value=-3"]).unwrap();
-        assert_eq!(inc, Increment { key: "a b/c".into(), value: -3 });
+        assert_eq!(
+            inc,
+            Increment {
+                key: "a b/c".into(),
+                value: -3
+            }
+        );
         let inc = parse_form(&[b"key=q", b"value=7"]).unwrap();
         assert_eq!(inc.value, 7);
         assert_eq!(code(parse_form(&[b"key=%FF&value=1"])), "invalid_utf8");
         assert_eq!(code(parse_form(&[b"key=&value=1"])), "empty_key");
         assert_eq!(code(parse_form(&[b"value=1"])), "missing_key");
         assert_eq!(code(parse_form(&[b"key=a"])), "missing_value");
-        assert_eq!(code(parse_form(&[b"key=a&value=1", b"value=2"])), "duplicate_parameter");
-        assert_eq!(code(parse_form(&[b"key=a&value=1&x=2"])), "unknown_parameter");
+        assert_eq!(
+            code(parse_form(&[b"key=a&value=1", b"value=2"])),
+            "duplicate_parameter"
+        );
+        assert_eq!(
+            code(parse_form(&[b"key=a&value=1&x=2"])),
+            "unknown_parameter"
+        );
         assert_eq!(code(parse_form(&[b"key=a&value=1.5"])), "value_not_integer");
         let long = format!("key={}&value=1", "k".repeat(257));
         assert_eq!(code(parse_form(&[long.as_bytes()])), "key_too_long");
@@ -229,28 +255,58 @@ mod tests {
     #[test]
     fn json_bodies() {
         match parse_json(br#"{"key":"k","value":5}"#, 10).unwrap() {
-            JsonBody::One(i) => assert_eq!(i, Increment { key: "k".into(), value: 5 }),
+            JsonBody::One(i) => assert_eq!(
+                i,
+                Increment {
+                    key: "k".into(),
+                    value: 5
+                }
+            ),
             JsonBody::Many(_) => panic!("one expected"),
         }
         match parse_json(br#" [{"key":"a","value":1},{"key":"b","value":-2}]"#, 10).unwrap() {
             JsonBody::Many(v) => assert_eq!(v.len(), 2),
             JsonBody::One(_) => panic!("batch expected"),
         }
-        assert_eq!(code(parse_json(br#"{"key":"k","value":1.5}"#, 10)), "value_not_integer");
-        assert_eq!(code(parse_json(br#"{"key":"k","value":1e2}"#, 10)), "value_not_integer");
-        assert_eq!(code(parse_json(br#"{"key":"k","value":"5"}"#, 10)), "value_not_integer");
         assert_eq!(
-            code(parse_json(br#"{"key":"k","value":99999999999999999999}"#, 10)),
+            code(parse_json(br#"{"key":"k","value":1.5}"#, 10)),
+            "value_not_integer"
+        );
+        assert_eq!(
+            code(parse_json(br#"{"key":"k","value":1e2}"#, 10)),
+            "value_not_integer"
+        );
+        assert_eq!(
+            code(parse_json(br#"{"key":"k","value":"5"}"#, 10)),
+            "value_not_integer"
+        );
+        assert_eq!(
+            code(parse_json(
+                br#"{"key":"k","value":99999999999999999999}"#,
+                10
+            )),
             "value_out_of_range"
         );
-        assert_eq!(code(parse_json(br#"{"key":"","value":1}"#, 10)), "empty_key");
+        assert_eq!(
+            code(parse_json(br#"{"key":"","value":1}"#, 10)),
+            "empty_key"
+        );
         assert_eq!(code(parse_json(br#"{"key":"k"}"#, 10)), "invalid_json");
-        assert_eq!(code(parse_json(br#"{"key":"k","value":1,"x":1}"#, 10)), "invalid_json");
-        assert_eq!(code(parse_json(b"{\"key\":\"\xff\",\"value\":1}", 10)), "invalid_json");
+        assert_eq!(
+            code(parse_json(br#"{"key":"k","value":1,"x":1}"#, 10)),
+            "invalid_json"
+        );
+        assert_eq!(
+            code(parse_json(b"{\"key\":\"\xff\",\"value\":1}", 10)),
+            "invalid_json"
+        );
         assert_eq!(code(parse_json(b"{", 10)), "invalid_json");
         assert_eq!(code(parse_json(b"[]", 10)), "empty_batch");
         assert_eq!(
-            code(parse_json(br#"[{"key":"a","value":1},{"key":"a","value":1}]"#, 1)),
+            code(parse_json(
+                br#"[{"key":"a","value":1},{"key":"a","value":1}]"#,
+                1
+            )),
             "batch_too_long"
         );
         // All-or-nothing: one bad item fails the batch.
@@ -263,17 +319,26 @@ mod tests {
 
     #[test]
     fn ndjson_bodies() {
-        let v = parse_ndjson(b"{\"key\":\"a\",\"value\":1}\r\n\n{\"key\":\"b\",\"value\":2}\n", 10)
-            .unwrap();
+        let v = parse_ndjson(
+            b"{\"key\":\"a\",\"value\":1}\r\n\n{\"key\":\"b\",\"value\":2}\n",
+            10,
+        )
+        .unwrap();
         assert_eq!(v.len(), 2);
         assert_eq!(code(parse_ndjson(b"\n\n", 10)), "empty_batch");
-        let e = parse_ndjson(b"{\"key\":\"a\",\"value\":1}\n{\"key\":\"\xfe\",\"value\":1}", 10)
-            .err()
-            .unwrap();
+        let e = parse_ndjson(
+            b"{\"key\":\"a\",\"value\":1}\n{\"key\":\"\xfe\",\"value\":1}",
+            10,
+        )
+        .err()
+        .unwrap();
         assert_eq!(e.code, "invalid_json");
         assert!(e.message.starts_with("line 2:"), "{}", e.message);
         assert_eq!(
-            code(parse_ndjson(b"{\"key\":\"a\",\"value\":1}\n{\"key\":\"a\",\"value\":1}", 1)),
+            code(parse_ndjson(
+                b"{\"key\":\"a\",\"value\":1}\n{\"key\":\"a\",\"value\":1}",
+                1
+            )),
             "batch_too_long"
         );
     }

@@ -17,9 +17,7 @@ pub fn routes(
     max_body: u64,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let with_state = warp::any().map(move || state.clone());
-    let query = warp::query::raw()
-        .or(warp::any().map(String::new))
-        .unify();
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let content_type = warp::header::optional::<String>("content-type");
 
     let increment = warp::path!("increment")

@@ -114,14 +114,17 @@ impl Applier {
             self.store.apply(self.owned.iter().map(|(p, b)| (*p, b)))?;
         for &(p, next) in &committed {
             let done = std::mem::replace(
-                self.owned.get_mut(&p).expect("committed partition is owned"),
+                self.owned
+                    .get_mut(&p)
+                    .expect("committed partition is owned"),
                 PartitionBatch::new(Some(next)),
             );
             report.records += done.records();
             report.rejected += done.rejected.len() as u64;
         }
         for f in fenced {
-            self.owned.insert(f.partition, PartitionBatch::new(f.stored));
+            self.owned
+                .insert(f.partition, PartitionBatch::new(f.stored));
             report.fenced.push((f.partition, f.stored));
         }
         report.committed = committed;

@@ -145,7 +145,12 @@ mod tests {
         let db = HashMap::from([("a", 10)]);
         let mut b = PartitionBatch::new(Some(5));
         for (off, key, d) in [(5, "a", 1), (6, "b", 2), (7, "a", -4)] {
-            let r = b.fold(off, Some(key.as_bytes()), Some(&encode_value(d)), stored(&db));
+            let r = b.fold(
+                off,
+                Some(key.as_bytes()),
+                Some(&encode_value(d)),
+                stored(&db),
+            );
             assert_eq!(r, Ok(Folded::Applied));
         }
         assert_eq!(b.next, Some(8));
@@ -177,7 +182,8 @@ mod tests {
             b.fold(2, Some(b"k"), Some(&encode_value(1)), stored(&db)),
             Ok(Folded::Duplicate)
         );
-        b.fold(3, Some(b"k"), Some(&encode_value(1)), stored(&db)).unwrap();
+        b.fold(3, Some(b"k"), Some(&encode_value(1)), stored(&db))
+            .unwrap();
         assert_eq!(
             b.fold(3, Some(b"k"), Some(&encode_value(1)), stored(&db)),
             Ok(Folded::Duplicate)

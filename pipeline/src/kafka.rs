@@ -54,7 +54,10 @@ impl KafkaArgs {
             .set("enable.idempotence", "true")
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "2")
-            .set("message.timeout.ms", delivery_timeout.as_millis().to_string());
+            .set(
+                "message.timeout.ms",
+                delivery_timeout.as_millis().to_string(),
+            );
         c
     }
 
@@ -67,7 +70,10 @@ impl KafkaArgs {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
-            .set("session.timeout.ms", session_timeout.as_millis().to_string())
+            .set(
+                "session.timeout.ms",
+                session_timeout.as_millis().to_string(),
+            )
             .set(
                 "heartbeat.interval.ms",
                 (session_timeout.as_millis() / 3).max(100).to_string(),
@@ -106,7 +112,9 @@ impl KafkaArgs {
             .with_context(|| format!("cannot create topic {} on {}", self.topic, self.brokers))?;
         for r in results {
             match r {
-                Ok(_) => tracing::info!(topic = %self.topic, partitions = self.partitions, "created topic"),
+                Ok(_) => {
+                    tracing::info!(topic = %self.topic, partitions = self.partitions, "created topic")
+                }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
                     tracing::debug!(topic = %self.topic, "topic exists")
                 }

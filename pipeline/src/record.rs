@@ -142,10 +142,7 @@ mod tests {
         assert_eq!(decode_key(None), Err(DecodeError::MissingKey));
         assert_eq!(decode_key(Some(b"")), Err(DecodeError::KeyLength));
         assert_eq!(decode_key(Some(&[0xff])), Err(DecodeError::KeyNotUtf8));
-        assert_eq!(
-            decode_key(Some(&[b'a'; 257])),
-            Err(DecodeError::KeyLength)
-        );
+        assert_eq!(decode_key(Some(&[b'a'; 257])), Err(DecodeError::KeyLength));
         assert!(decode_key(Some(&[b'a'; 256])).is_ok());
     }
 }

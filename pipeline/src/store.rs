@@ -261,7 +261,9 @@ impl Store {
                     continue;
                 };
                 let swapped = match batch.start {
-                    Some(start) => cas_update.execute(params![next, self.topic, partition, start])?,
+                    Some(start) => {
+                        cas_update.execute(params![next, self.topic, partition, start])?
+                    }
                     None => cas_insert.execute(params![next, self.topic, partition])?,
                 };
                 if swapped != 1 {
@@ -334,7 +336,12 @@ mod tests {
     use super::*;
     use crate::record::encode_value;
 
-    fn batch(store: &Store, partition: i32, start: Option<i64>, recs: &[(i64, &str, i64)]) -> PartitionBatch {
+    fn batch(
+        store: &Store,
+        partition: i32,
+        start: Option<i64>,
+        recs: &[(i64, &str, i64)],
+    ) -> PartitionBatch {
         let mut b = PartitionBatch::new(start);
         for &(off, key, delta) in recs {
             b.fold(off, Some(key.as_bytes()), Some(&encode_value(delta)), |k| {
@@ -372,7 +379,11 @@ mod tests {
         assert!(out.committed.is_empty());
         assert_eq!(
             out.fenced,
-            vec![Fenced { partition: 0, expected: None, stored: Some(2) }]
+            vec![Fenced {
+                partition: 0,
+                expected: None,
+                stored: Some(2)
+            }]
         );
         assert_eq!(s.key_sum("a").unwrap(), Some(2));
 
@@ -403,8 +414,10 @@ mod tests {
         let mut b = PartitionBatch::new(None);
         b.fold(0, Some(b"k"), Some(b"\xffjunk"), |_| Ok::<_, StoreError>(0))
             .unwrap();
-        b.fold(1, Some(b"k"), Some(&encode_value(4)), |_| Ok::<_, StoreError>(0))
-            .unwrap();
+        b.fold(1, Some(b"k"), Some(&encode_value(4)), |_| {
+            Ok::<_, StoreError>(0)
+        })
+        .unwrap();
         s.apply([(3, &b)]).unwrap();
         let rows = s.rejected(None, 10).unwrap();
         assert_eq!(rows.len(), 1);

@@ -12,7 +12,11 @@ use tally_pipeline::store::{OpenMode, Store};
 use crate::positions::{From, To};
 
 #[derive(Parser, Debug)]
-#[command(name = "replayer", version, about = "Rebuilds or verifies Tally's SQLite state from the log")]
+#[command(
+    name = "replayer",
+    version,
+    about = "Rebuilds or verifies Tally's SQLite state from the log"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -56,9 +60,8 @@ pub fn run(cli: Cli) -> ExitCode {
 fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Rebuild { db, from, to } => {
-            let store = Store::open(&db, &cli.kafka.topic, OpenMode::CreateNew).map_err(|e| {
-                anyhow::anyhow!("{e}; choose a path that does not exist yet")
-            })?;
+            let store = Store::open(&db, &cli.kafka.topic, OpenMode::CreateNew)
+                .map_err(|e| anyhow::anyhow!("{e}; choose a path that does not exist yet"))?;
             let mut applier = Applier::new(store);
             let s = crate::replay::replay(&cli.kafka, &mut applier, &from, &to, None)?;
             println!(

@@ -105,11 +105,10 @@ pub fn replay(
                     close(&consumer, &kafka.topic, &mut open, p);
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                if ends.get(&p) == Some(&None) {
-                    close(&consumer, &kafka.topic, &mut open, p);
-                }
+            Some(Err(KafkaError::PartitionEOF(p))) if ends.get(&p) == Some(&None) => {
+                close(&consumer, &kafka.topic, &mut open, p);
             }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => tracing::warn!(error = %e, "reader error"),
             None => {}
         }

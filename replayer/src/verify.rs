@@ -37,7 +37,9 @@ pub struct Report {
 
 impl Report {
     pub fn is_clean(&self) -> bool {
-        self.differences.is_empty() && self.rejected_missing.is_empty() && self.rejected_extra.is_empty()
+        self.differences.is_empty()
+            && self.rejected_missing.is_empty()
+            && self.rejected_extra.is_empty()
     }
 }
 
@@ -52,7 +54,11 @@ impl fmt::Display for Report {
             );
         }
         writeln!(f, "MISMATCH: {} differing keys", self.differences.len())?;
-        writeln!(f, "{:<40} {:>9} {:>20} {:>20}", "key", "partition", "expected", "found")?;
+        writeln!(
+            f,
+            "{:<40} {:>9} {:>20} {:>20}",
+            "key", "partition", "expected", "found"
+        )?;
         let show = |v: Option<i64>| v.map_or("(missing)".to_owned(), |v| v.to_string());
         for d in &self.differences {
             writeln!(
@@ -65,10 +71,18 @@ impl fmt::Display for Report {
             )?;
         }
         if !self.rejected_missing.is_empty() {
-            writeln!(f, "quarantined in the log but not in live: {:?}", self.rejected_missing)?;
+            writeln!(
+                f,
+                "quarantined in the log but not in live: {:?}",
+                self.rejected_missing
+            )?;
         }
         if !self.rejected_extra.is_empty() {
-            writeln!(f, "quarantined in live but not by the log: {:?}", self.rejected_extra)?;
+            writeln!(
+                f,
+                "quarantined in live but not by the log: {:?}",
+                self.rejected_extra
+            )?;
         }
         Ok(())
     }
@@ -101,10 +115,16 @@ pub fn compare(expected: &Snapshot, found: &Snapshot) -> Report {
 }
 
 /// Verifies the live database at `live` against the log.
-pub fn verify(kafka: &KafkaArgs, live: &Path, only: Option<&BTreeSet<i32>>) -> anyhow::Result<Report> {
+pub fn verify(
+    kafka: &KafkaArgs,
+    live: &Path,
+    only: Option<&BTreeSet<i32>>,
+) -> anyhow::Result<Report> {
     let live_store = Store::open(live, &kafka.topic, OpenMode::Existing)
         .with_context(|| format!("cannot open the live database {}", live.display()))?;
-    let mut found = live_store.snapshot().context("cannot read the live database")?;
+    let mut found = live_store
+        .snapshot()
+        .context("cannot read the live database")?;
     drop(live_store);
     if let Some(only) = only {
         found.offsets.retain(|p, _| only.contains(p));
@@ -112,7 +132,11 @@ pub fn verify(kafka: &KafkaArgs, live: &Path, only: Option<&BTreeSet<i32>>) -> a
         found.rejected.retain(|(p, _)| only.contains(p));
     }
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let scratch = Store::open(&dir.path().join("verify.db"), &kafka.topic, OpenMode::CreateNew)?;
+    let scratch = Store::open(
+        &dir.path().join("verify.db"),
+        &kafka.topic,
+        OpenMode::CreateNew,
+    )?;
     let mut applier = Applier::new(scratch);
     let parts: BTreeSet<i32> = found.offsets.keys().copied().collect();
     replay(
@@ -133,7 +157,10 @@ mod tests {
     fn snap(sums: &[(&str, i32, i64)]) -> Snapshot {
         Snapshot {
             offsets: BTreeMap::from([(0, 10)]),
-            sums: sums.iter().map(|(k, p, s)| ((k.to_string(), *p), *s)).collect(),
+            sums: sums
+                .iter()
+                .map(|(k, p, s)| ((k.to_string(), *p), *s))
+                .collect(),
             rejected: vec![],
         }
     }
@@ -145,10 +172,18 @@ mod tests {
         let r = compare(&e, &f);
         assert!(!r.is_clean());
         assert_eq!(r.keys_checked, 4);
-        let got: Vec<_> = r.differences.iter().map(|d| (d.key.as_str(), d.expected, d.found)).collect();
+        let got: Vec<_> = r
+            .differences
+            .iter()
+            .map(|d| (d.key.as_str(), d.expected, d.found))
+            .collect();
         assert_eq!(
             got,
-            vec![("b", Some(2), Some(5)), ("c", Some(3), None), ("d", None, Some(4))]
+            vec![
+                ("b", Some(2), Some(5)),
+                ("c", Some(3), None),
+                ("d", None, Some(4))
+            ]
         );
         assert!(r.to_string().contains("MISMATCH: 3 differing keys"));
         assert!(compare(&e, &e).is_clean());

@@ -14,9 +14,12 @@ pub fn tansu_bin() -> PathBuf {
     let bin = if let Ok(b) = std::env::var("TALLY_TANSU_BIN") {
         PathBuf::from(b)
     } else {
-        let root = std::env::var("TALLY_TANSU_ROOT").map(PathBuf::from).unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache/tally/tansu-0.6.0")
-        });
+        let root = std::env::var("TALLY_TANSU_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").expect("HOME is set"))
+                    .join(".cache/tally/tansu-0.6.0")
+            });
         root.join("bin/tansu")
     };
     assert!(
@@ -67,7 +70,13 @@ impl Broker {
             .expect("cannot open the broker log");
         let child = Command::new(tansu_bin())
             .current_dir(self.dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             // Relative to the working directory (tansu strips a leading '/').
             .args(["--storage-engine", "sqlite://tansu.db"])
             .env("RUST_LOG", "warn")

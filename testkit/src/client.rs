@@ -45,7 +45,12 @@ impl GroundTruth {
 
 /// `GET /offsets` as partition → next offset.
 pub fn offsets(client: &reqwest::blocking::Client, base: &str) -> Option<BTreeMap<i32, i64>> {
-    let v: Value = client.get(format!("{base}/offsets")).send().ok()?.json().ok()?;
+    let v: Value = client
+        .get(format!("{base}/offsets"))
+        .send()
+        .ok()?
+        .json()
+        .ok()?;
     let mut out = BTreeMap::new();
     for p in v["partitions"].as_array()? {
         out.insert(p["partition"].as_i64()? as i32, p["next_offset"].as_i64()?);
@@ -73,9 +78,16 @@ pub fn sum(client: &reqwest::blocking::Client, base: &str, key: &str) -> Option<
             }
         })
         .collect();
-    let r = client.get(format!("{base}/sums/{enc}")).send().expect("GET /sums");
+    let r = client
+        .get(format!("{base}/sums/{enc}"))
+        .send()
+        .expect("GET /sums");
     match r.status().as_u16() {
-        200 => Some(r.json::<Value>().expect("json")["sum"].as_i64().expect("sum")),
+        200 => Some(
+            r.json::<Value>().expect("json")["sum"]
+                .as_i64()
+                .expect("sum"),
+        ),
         404 => None,
         s => panic!("GET /sums/{key}: status {s}"),
     }

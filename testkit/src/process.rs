@@ -36,7 +36,10 @@ impl Proc {
     pub fn start(name: &str, args: &[String], envs: &[(&str, String)], log_dir: &Path) -> Proc {
         let mut cmd = Command::new(bin(name));
         cmd.args(args)
-            .env("RUST_LOG", std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null());
         for (k, v) in envs {
             cmd.env(k, v);
@@ -61,7 +64,11 @@ impl Proc {
         self.cmd
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);
-        self.child = Some(self.cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name)));
+        self.child = Some(
+            self.cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name)),
+        );
     }
 
     pub fn pid(&self) -> i32 {
@@ -97,7 +104,11 @@ impl Proc {
                 return s;
             }
             if start.elapsed() > timeout {
-                panic!("{} did not exit within {timeout:?}\n{}", self.name, self.log_text());
+                panic!(
+                    "{} did not exit within {timeout:?}\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

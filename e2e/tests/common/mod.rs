@@ -30,7 +30,10 @@ impl Pipeline {
             topic: unique("increments"),
             group: unique("group"),
             partitions,
-            dir: tempfile::Builder::new().prefix("tally-e2e-").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("tally-e2e-")
+                .tempdir()
+                .unwrap(),
         }
     }
 
@@ -129,5 +132,10 @@ pub fn assert_sums(base: &str, truth: &GroundTruth) {
             wrong.push(format!("{k}: want {want}, got {got:?}"));
         }
     }
-    assert!(wrong.is_empty(), "{} keys differ from the ground truth:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} keys differ from the ground truth:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }
