@@ -61,7 +61,16 @@ impl Ctx {
     }
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka reports reaching a partition's end through here as well; it is not an error.
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::debug!(reason, "partition end reached");
+        } else {
+            tracing::error!(%error, reason, "kafka client error");
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     /// Replaces the default so that assigned partitions start at the offsets SQLite holds.

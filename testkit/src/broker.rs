@@ -115,5 +115,9 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!("broker directory kept: {}", self.dir.path().display());
+        }
     }
 }

@@ -38,7 +38,8 @@ impl Proc {
         cmd.args(args)
             .env(
                 "RUST_LOG",
-                std::env::var("TALLY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                std::env::var("TALLY_TEST_LOG")
+                    .unwrap_or_else(|_| "info,warp::filters::trace=warn".into()),
             )
             .stdin(Stdio::null());
         for (k, v) in envs {

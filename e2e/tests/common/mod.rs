@@ -139,3 +139,13 @@ pub fn assert_sums(base: &str, truth: &GroundTruth) {
         wrong.join("\n")
     );
 }
+
+impl Drop for Pipeline {
+    /// A failed test keeps its directory (process logs, databases) and says where it is.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!("test directory kept: {}", self.dir.path().display());
+        }
+    }
+}
