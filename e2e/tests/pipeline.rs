@@ -123,12 +123,25 @@ fn exact_sums_through_aggregator_kills_then_rebuild_and_verify() {
         })
         .collect();
 
-    // Kill the aggregator with SIGKILL during the load, restart it, at least 3 times. Kills
-    // are spaced past the session timeout: tansu 0.6 can keep a dead member's partitions
-    // unassigned when members die faster than it expires them (see ARCHITECTURE.md).
+    // Kill the aggregator with SIGKILL during the load and restart it, 4 times. Before each
+    // kill, wait until the running instance has committed progress: tansu 0.6 can leave a dead
+    // member's partitions unassigned when members die faster than the group converges, so the
+    // test waits for convergence instead of assuming one rebalance.
+    let client = http();
+    let committed = |base: &str| -> i64 {
+        tally_testkit::client::offsets(&client, base)
+            .map(|o| o.values().sum())
+            .unwrap_or(0)
+    };
     let mut kills = 0;
     while kills < 4 {
-        std::thread::sleep(Duration::from_millis(7000));
+        let before = committed(&agg.base);
+        tally_testkit::wait_for(
+            "the restarted aggregator to commit progress",
+            Duration::from_secs(120),
+            || (committed(&agg.base) > before).then_some(()),
+        );
+        std::thread::sleep(Duration::from_millis(1000));
         agg.proc.kill();
         std::thread::sleep(Duration::from_millis(200));
         agg.restart();
@@ -146,7 +159,7 @@ fn exact_sums_through_aggregator_kills_then_rebuild_and_verify() {
         "values are positive and negative"
     );
 
-    p.wait_caught_up(&agg.base, &truth, Duration::from_secs(180));
+    p.wait_caught_up(&agg.base, &truth, Duration::from_secs(300));
     assert_sums(&agg.base, &truth);
 
     // Rebuild into a fresh database: identical sums.

@@ -1,0 +1,314 @@
+//! The load generator: `concurrency` workers send increments to ingest for `duration_s`
+//! (optionally at a fixed total `rate`), in one of the body formats, and keep the ground truth:
+//! the per-key sum of every increment whose request was answered 200, and the highest offset
+//! acknowledged per partition. Latencies go into an HDR histogram.
+//!
+//! `--format healthz` sends `GET /healthz` instead (the P1 baseline), and `--freshness URL`
+//! measures, after every acknowledged single increment, how long until the aggregator at URL
+//! serves it (`/sums/{key}?min_offset=P:O`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `POST /increment` with a form body, one increment per request.
+    Form,
+    /// `POST /increments` with one JSON object.
+    Json,
+    /// `POST /increments` with `--batch` NDJSON lines.
+    Ndjson,
+    /// `GET /healthz`: the same HTTP path without any work (baseline).
+    Healthz,
+}
+
+#[derive(clap::Parser, Clone, Debug)]
+#[command(
+    name = "loadgen",
+    about = "Sends increments to ingest and records the ground truth"
+)]
+pub struct Args {
+    /// Ingest base URL.
+    #[arg(
+        long,
+        env = "TALLY_LOADGEN_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    #[arg(long, value_enum, default_value = "form")]
+    pub format: Format,
+    /// Increments per request with `--format ndjson`.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Concurrent requests in flight.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Distinct keys (`key-0` .. `key-N-1`).
+    #[arg(long, default_value_t = 1000)]
+    pub keys: usize,
+    #[arg(long, default_value_t = -100, allow_hyphen_values = true)]
+    pub min_value: i64,
+    #[arg(long, default_value_t = 100)]
+    pub max_value: i64,
+    /// How long to send.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_s: f64,
+    /// Total requests per second (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Write the ground truth (JSON) here.
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
+    /// Aggregator base URL: measure ack-to-visible time of each single increment.
+    #[arg(long)]
+    pub freshness: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Per-key sums of acknowledged increments and the highest acknowledged offset per partition.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Truth {
+    pub sums: BTreeMap<String, i64>,
+    pub max_offsets: BTreeMap<i32, i64>,
+    pub acknowledged: u64,
+}
+
+impl Truth {
+    fn merge(&mut self, other: Truth) {
+        for (k, v) in other.sums {
+            *self.sums.entry(k).or_insert(0) += v;
+        }
+        for (p, o) in other.max_offsets {
+            self.landed(p, o);
+        }
+        self.acknowledged += other.acknowledged;
+    }
+
+    fn landed(&mut self, p: i32, o: i64) {
+        let m = self.max_offsets.entry(p).or_insert(o);
+        *m = (*m).max(o);
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+fn percentiles(h: &Histogram<u64>, scale: f64) -> Percentiles {
+    Percentiles {
+        p50: h.value_at_quantile(0.50) as f64 / scale,
+        p90: h.value_at_quantile(0.90) as f64 / scale,
+        p99: h.value_at_quantile(0.99) as f64 / scale,
+        max: h.max() as f64 / scale,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub format: String,
+    pub concurrency: usize,
+    pub requests: u64,
+    pub increments: u64,
+    /// Non-200 answers and transport errors by status ("error" for transport).
+    pub failures: BTreeMap<String, u64>,
+    pub elapsed_s: f64,
+    pub requests_per_s: f64,
+    pub increments_per_s: f64,
+    pub latency_ms: Percentiles,
+    pub freshness_ms: Option<Percentiles>,
+}
+
+struct Worker {
+    truth: Truth,
+    latency: Histogram<u64>,
+    freshness: Histogram<u64>,
+    requests: u64,
+    failures: BTreeMap<String, u64>,
+}
+
+pub async fn run(args: &Args) -> anyhow::Result<(Report, Truth)> {
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
+    anyhow::ensure!(
+        args.min_value <= args.max_value,
+        "--min-value must not exceed --max-value"
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let args = Arc::new(args.clone());
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(args.duration_s);
+    let mut tasks = Vec::new();
+    for w in 0..args.concurrency {
+        let (client, args) = (client.clone(), args.clone());
+        tasks.push(tokio::spawn(async move {
+            worker(w, &client, &args, deadline).await
+        }));
+    }
+    let mut truth = Truth::default();
+    let mut latency = Histogram::<u64>::new(3)?;
+    let mut freshness = Histogram::<u64>::new(3)?;
+    let mut requests = 0;
+    let mut failures = BTreeMap::new();
+    for t in tasks {
+        let w = t.await.context("worker panicked")??;
+        truth.merge(w.truth);
+        latency.add(&w.latency)?;
+        freshness.add(&w.freshness)?;
+        requests += w.requests;
+        for (k, v) in w.failures {
+            *failures.entry(k).or_insert(0) += v;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if let Some(path) = &args.truth {
+        std::fs::write(path, serde_json::to_vec(&truth)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let increments = truth.acknowledged;
+    let report = Report {
+        format: format!("{:?}", args.format).to_lowercase(),
+        concurrency: args.concurrency,
+        requests,
+        increments,
+        failures,
+        elapsed_s: elapsed,
+        requests_per_s: requests as f64 / elapsed,
+        increments_per_s: increments as f64 / elapsed,
+        latency_ms: percentiles(&latency, 1000.0),
+        freshness_ms: args
+            .freshness
+            .as_ref()
+            .map(|_| percentiles(&freshness, 1000.0)),
+    };
+    Ok((report, truth))
+}
+
+async fn worker(
+    id: usize,
+    client: &reqwest::Client,
+    args: &Args,
+    deadline: Instant,
+) -> anyhow::Result<Worker> {
+    let mut rng = StdRng::seed_from_u64(args.seed.wrapping_mul(1_000_003).wrapping_add(id as u64));
+    let mut w = Worker {
+        truth: Truth::default(),
+        latency: Histogram::new(3)?,
+        freshness: Histogram::new(3)?,
+        requests: 0,
+        failures: BTreeMap::new(),
+    };
+    // With a rate, each worker sends one request per `period`.
+    let period = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.concurrency as f64 / r));
+    let mut next = Instant::now();
+    let mut body = String::new();
+    while Instant::now() < deadline {
+        if let Some(p) = period {
+            tokio::time::sleep_until(next.into()).await;
+            next += p;
+        }
+        let n = if args.format == Format::Ndjson {
+            args.batch
+        } else {
+            1
+        };
+        let incs: Vec<(String, i64)> = (0..n)
+            .map(|_| {
+                (
+                    format!("key-{}", rng.gen_range(0..args.keys)),
+                    rng.gen_range(args.min_value..=args.max_value),
+                )
+            })
+            .collect();
+        let req = match args.format {
+            Format::Healthz => client.get(format!("{}/healthz", args.url)),
+            Format::Form => client
+                .post(format!("{}/increment", args.url))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("key={}&value={}", incs[0].0, incs[0].1)),
+            Format::Json => client
+                .post(format!("{}/increments", args.url))
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"key":"{}","value":{}}}"#,
+                    incs[0].0, incs[0].1
+                )),
+            Format::Ndjson => {
+                body.clear();
+                for (k, v) in &incs {
+                    body.push_str(&format!("{{\"key\":\"{k}\",\"value\":{v}}}\n"));
+                }
+                client
+                    .post(format!("{}/increments", args.url))
+                    .header("content-type", "application/x-ndjson")
+                    .body(body.clone())
+            }
+        };
+        let sent = Instant::now();
+        let resp = req.send().await;
+        w.requests += 1;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(_) => {
+                *w.failures.entry("error".into()).or_insert(0) += 1;
+                continue;
+            }
+        };
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await;
+        let acked = Instant::now();
+        w.latency
+            .record(acked.duration_since(sent).as_micros().max(1) as u64)?;
+        if status != 200 {
+            *w.failures.entry(status.to_string()).or_insert(0) += 1;
+            continue;
+        }
+        if args.format == Format::Healthz {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&bytes.context("reading the answer")?)
+            .context("ingest answered 200 without JSON")?;
+        for (k, d) in &incs {
+            *w.truth.sums.entry(k.clone()).or_insert(0) += d;
+        }
+        w.truth.acknowledged += incs.len() as u64;
+        if let (Some(p), Some(o)) = (v["partition"].as_i64(), v["offset"].as_i64()) {
+            w.truth.landed(p as i32, o);
+            if let Some(agg) = &args.freshness {
+                let url = format!("{agg}/sums/{}?min_offset={p}:{o}&wait_ms=5000", incs[0].0);
+                let r = client.get(url).send().await;
+                if r.is_ok_and(|r| r.status() == 200) {
+                    w.freshness
+                        .record(acked.elapsed().as_micros().max(1) as u64)?;
+                } else {
+                    *w.failures.entry("not_fresh".into()).or_insert(0) += 1;
+                }
+            }
+        } else if let Some(offsets) = v["offsets"].as_object() {
+            for (p, o) in offsets {
+                if let (Ok(p), Some(o)) = (p.parse(), o.as_i64()) {
+                    w.truth.landed(p, o);
+                }
+            }
+        }
+    }
+    Ok(w)
+}

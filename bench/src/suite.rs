@@ -1,0 +1,691 @@
+//! The benchmark suite: every stage measured against its own limit in the same run, on the
+//! same broker, with exactness checked against the ground truth after each stage that counts.
+//!
+//! - P1 `POST /increment` req/s over `GET /healthz` req/s (same ingest, same concurrency).
+//! - P2 NDJSON batch increments/s over raw rdkafka produce rate (idempotent, acks=all).
+//! - P3 aggregator fold-and-commit rate over a raw consumer-group read of the same records.
+//! - P4 `replayer rebuild` rate over a raw read (assign, to EOF) of the same records.
+//! - P5 p99 ack-to-visible freshness at half of the P1 rate.
+//! - P6 aggregator peak RSS after folding a large log over many keys, sampled as it grows.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::Serialize;
+use tally_pipeline::kafka::{partitions_of, KafkaArgs};
+use tally_pipeline::record::encode_value;
+use tally_pipeline::store::{OpenMode, Store};
+use tally_testkit::broker::Broker;
+use tally_testkit::process::Proc;
+use tally_testkit::{free_port, unique};
+
+use crate::loadgen::{self, Format, Report, Truth};
+
+/// What to run and how long.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Seconds per HTTP load stage.
+    pub stage_s: f64,
+    pub concurrency: usize,
+    pub keys: usize,
+    pub ndjson_batch: usize,
+    pub partitions: i32,
+    /// Records for the P6 memory stage, and their distinct keys.
+    pub p6_records: u64,
+    pub p6_keys: u64,
+    /// Binaries' build profile directory (`debug` or `release`).
+    pub profile: String,
+    pub work_dir: PathBuf,
+}
+
+impl Config {
+    /// A few seconds per stage: checks that everything runs and is exact, not speed.
+    pub fn smoke(work_dir: &Path) -> Config {
+        Config {
+            stage_s: 2.0,
+            concurrency: 8,
+            keys: 200,
+            ndjson_batch: 100,
+            partitions: 4,
+            p6_records: 20_000,
+            p6_keys: 2_000,
+            profile: std::env::var("TALLY_PROFILE").unwrap_or_else(|_| "debug".into()),
+            work_dir: work_dir.to_path_buf(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub numerator: f64,
+    pub denominator: f64,
+    pub unit: &'static str,
+    pub value: f64,
+    pub target: &'static str,
+    pub met: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Results {
+    pub ratios: Vec<Ratio>,
+    /// Exactness checks, each `(stage, ok, detail)`.
+    pub exactness: Vec<(String, bool, String)>,
+    pub notes: Vec<String>,
+    pub raw: BTreeMap<String, serde_json::Value>,
+}
+
+impl Results {
+    pub fn exact(&self) -> bool {
+        !self.exactness.is_empty() && self.exactness.iter().all(|(_, ok, _)| *ok)
+    }
+
+    fn check(&mut self, stage: &str, diff: Vec<String>, keys: usize) {
+        let ok = diff.is_empty();
+        let detail = if ok {
+            format!("{keys} keys equal the ground truth")
+        } else {
+            format!(
+                "{} of {keys} keys differ: {}",
+                diff.len(),
+                diff.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+            )
+        };
+        self.exactness.push((stage.to_owned(), ok, detail));
+    }
+}
+
+struct Services {
+    broker: Broker,
+    topic: String,
+    cfg: Config,
+}
+
+impl Services {
+    fn kafka(&self, topic: &str) -> KafkaArgs {
+        KafkaArgs::new(&self.broker.addr(), topic, self.cfg.partitions)
+    }
+
+    fn common(&self, topic: &str) -> Vec<String> {
+        vec![
+            "--brokers".into(),
+            self.broker.addr(),
+            "--topic".into(),
+            topic.into(),
+            "--partitions".into(),
+            self.cfg.partitions.to_string(),
+        ]
+    }
+
+    fn start(&self, bin: &str, topic: &str, extra: &[String]) -> (Proc, String) {
+        let port = free_port();
+        let mut args = self.common(topic);
+        args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
+        args.extend(extra.iter().cloned());
+        let envs = [("RUST_LOG", "warn".to_string())];
+        let p = Proc::start(bin, &args, &envs, &self.cfg.work_dir);
+        let base = format!("http://127.0.0.1:{port}");
+        wait_healthy(&base);
+        (p, base)
+    }
+
+    fn aggregator(&self, topic: &str, db: &Path) -> (Proc, String) {
+        self.start(
+            "aggregator",
+            topic,
+            &[
+                "--group".into(),
+                unique("bench"),
+                "--db".into(),
+                db.display().to_string(),
+                "--session-timeout-ms".into(),
+                "6000".into(),
+            ],
+        )
+    }
+}
+
+fn wait_healthy(base: &str) {
+    let c = reqwest::blocking::Client::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if c.get(format!("{base}/healthz"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{base} did not become healthy");
+}
+
+/// Runs every stage; never panics on a slow stage, only on a broken environment.
+pub fn run(cfg: Config) -> anyhow::Result<Results> {
+    std::env::set_var("TALLY_PROFILE", &cfg.profile);
+    std::fs::create_dir_all(&cfg.work_dir)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let svc = Services {
+        broker: Broker::start(),
+        topic: unique("bench"),
+        cfg: cfg.clone(),
+    };
+    let mut res = Results::default();
+    let (mut ingest, ingest_url) = svc.start("ingest", &svc.topic, &[]);
+    let mut truth = Truth::default();
+
+    // P1: single durable increments vs the health endpoint of the same process.
+    let health = rt.block_on(load(&ingest_url, Format::Healthz, &cfg, None, None))?;
+    let (form, form_truth) =
+        rt.block_on(load_truth(&ingest_url, Format::Form, &cfg, None, None))?;
+    merge(&mut truth, form_truth);
+    res.raw
+        .insert("p1_healthz".into(), serde_json::to_value(&health)?);
+    res.raw
+        .insert("p1_form".into(), serde_json::to_value(&form)?);
+    res.ratios.push(ratio(
+        "P1",
+        "POST /increment req/s / GET /healthz req/s",
+        form.requests_per_s,
+        health.requests_per_s,
+        "req/s",
+        ">= 0.5",
+        |v| v >= 0.5,
+    ));
+    failures_note(&mut res, "P1", &form);
+
+    // P2: NDJSON batches vs the raw producer on the same broker, same record sizes.
+    let (nd, nd_truth) = rt.block_on(load_truth(&ingest_url, Format::Ndjson, &cfg, None, None))?;
+    merge(&mut truth, nd_truth);
+    res.raw
+        .insert("p2_ndjson".into(), serde_json::to_value(&nd)?);
+    let raw_topic = unique("bench-raw");
+    let raw_n = nd.increments.max(10_000);
+    let raw_rate = rt.block_on(raw_produce(
+        &svc.kafka(&raw_topic),
+        raw_n,
+        cfg.keys as u64,
+        None,
+    ))?;
+    res.raw
+        .insert("p2_raw_produce_per_s".into(), raw_rate.into());
+    res.ratios.push(ratio(
+        "P2",
+        "NDJSON increments/s / raw rdkafka produce records/s",
+        nd.increments_per_s,
+        raw_rate,
+        "records/s",
+        ">= 0.9",
+        |v| v >= 0.9,
+    ));
+    failures_note(&mut res, "P2", &nd);
+
+    // P3: aggregator vs raw group read of the same records.
+    let records = truth.max_offsets.values().map(|o| o + 1).sum::<i64>() as u64;
+    let raw_group = raw_consume(&svc.kafka(&svc.topic), true)?;
+    let db = cfg.work_dir.join(format!("{}.db", unique("p3")));
+    let (mut agg, agg_url) = svc.aggregator(&svc.topic, &db);
+    let agg_rate = fold_rate(&agg_url, &raw_group.ends)?;
+    res.raw.insert("p3_records".into(), records.into());
+    res.raw
+        .insert("p3_raw_group_read_per_s".into(), raw_group.rate.into());
+    res.raw
+        .insert("p3_aggregator_per_s".into(), agg_rate.into());
+    res.ratios.push(ratio(
+        "P3",
+        "aggregator fold+commit records/s / raw group read records/s",
+        agg_rate,
+        raw_group.rate,
+        "records/s",
+        ">= 0.9",
+        |v| v >= 0.9,
+    ));
+    let diff = diff_store(&db, &svc.topic, &truth)?;
+    res.check("P3 aggregator", diff, truth.sums.len());
+
+    // P4: replayer rebuild vs a raw read with assign to EOF.
+    let raw_assign = raw_consume(&svc.kafka(&svc.topic), false)?;
+    let rebuilt = cfg.work_dir.join(format!("{}.db", unique("p4")));
+    let t = Instant::now();
+    let out = std::process::Command::new(tally_testkit::process::bin("replayer"))
+        .args(svc.common(&svc.topic))
+        .args(["rebuild", "--db", rebuilt.to_str().expect("utf-8 path")])
+        .env("RUST_LOG", "warn")
+        .output()?;
+    let rebuild_s = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "replayer rebuild failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rebuild_rate = raw_assign.records as f64 / rebuild_s;
+    res.raw
+        .insert("p4_raw_assign_read_per_s".into(), raw_assign.rate.into());
+    res.raw
+        .insert("p4_rebuild_per_s".into(), rebuild_rate.into());
+    res.ratios.push(ratio(
+        "P4",
+        "replayer rebuild records/s / raw assign read records/s",
+        rebuild_rate,
+        raw_assign.rate,
+        "records/s",
+        ">= 0.9",
+        |v| v >= 0.9,
+    ));
+    let diff = diff_store(&rebuilt, &svc.topic, &truth)?;
+    res.check("P4 rebuild", diff, truth.sums.len());
+
+    // P5: freshness at half the P1 rate.
+    if supports_min_offset(&agg_url) {
+        let rate = (form.requests_per_s / 2.0).max(1.0);
+        let (fr, fr_truth) = rt.block_on(load_truth(
+            &ingest_url,
+            Format::Form,
+            &cfg,
+            Some(rate),
+            Some(&agg_url),
+        ))?;
+        merge(&mut truth, fr_truth);
+        let p99 = fr.freshness_ms.map(|f| f.p99).unwrap_or(f64::NAN);
+        res.raw
+            .insert("p5_freshness".into(), serde_json::to_value(&fr)?);
+        res.ratios.push(ratio(
+            "P5",
+            "p99 ms from ingest 200 to visible via /sums?min_offset=, at half the P1 rate",
+            p99,
+            1.0,
+            "ms",
+            "<= 250 ms",
+            |v| v <= 250.0,
+        ));
+        fold_rate(&agg_url, &truth_ends(&truth))?;
+        let diff = diff_store(&db, &svc.topic, &truth)?;
+        res.check("P5 aggregator", diff, truth.sums.len());
+    } else {
+        res.notes.push("P5 not measured: this aggregator does not support /sums/{key}?min_offset= (read-your-writes)".into());
+    }
+    agg.terminate(Duration::from_secs(30));
+    ingest.terminate(Duration::from_secs(30));
+
+    // P6: memory after folding a large log over many keys.
+    let mem_topic = unique("bench-mem");
+    let mem_kafka = svc.kafka(&mem_topic);
+    let mem_truth = rt.block_on(raw_produce_truth(&mem_kafka, cfg.p6_records, cfg.p6_keys))?;
+    let mem_db = cfg.work_dir.join(format!("{}.db", unique("p6")));
+    let (mut agg, agg_url) = svc.aggregator(&mem_topic, &mem_db);
+    let samples = fold_sampling_rss(&agg_url, agg.pid(), &truth_ends(&mem_truth))?;
+    let peak_mb = samples.last().map(|s| s.1).unwrap_or(0.0);
+    res.raw.insert("p6_records".into(), cfg.p6_records.into());
+    res.raw.insert("p6_keys".into(), cfg.p6_keys.into());
+    res.raw.insert(
+        "p6_rss_samples_records_mb".into(),
+        serde_json::to_value(&samples)?,
+    );
+    res.ratios.push(ratio(
+        "P6",
+        "aggregator peak RSS (VmHWM) after folding the P6 log",
+        peak_mb,
+        1.0,
+        "MB",
+        "<= 64 MB",
+        |v| v <= 64.0,
+    ));
+    agg.terminate(Duration::from_secs(30));
+    let diff = diff_store(&mem_db, &mem_topic, &mem_truth)?;
+    res.check("P6 aggregator", diff, mem_truth.sums.len());
+    Ok(res)
+}
+
+fn merge(into: &mut Truth, t: Truth) {
+    for (k, v) in t.sums {
+        *into.sums.entry(k).or_insert(0) += v;
+    }
+    for (p, o) in t.max_offsets {
+        let m = into.max_offsets.entry(p).or_insert(o);
+        *m = (*m).max(o);
+    }
+    into.acknowledged += t.acknowledged;
+}
+
+fn truth_ends(t: &Truth) -> BTreeMap<i32, i64> {
+    t.max_offsets.iter().map(|(p, o)| (*p, o + 1)).collect()
+}
+
+fn failures_note(res: &mut Results, stage: &str, r: &Report) {
+    if !r.failures.is_empty() {
+        res.notes
+            .push(format!("{stage}: non-200 answers {:?}", r.failures));
+    }
+}
+
+fn ratio(
+    name: &'static str,
+    what: &'static str,
+    numerator: f64,
+    denominator: f64,
+    unit: &'static str,
+    target: &'static str,
+    ok: impl Fn(f64) -> bool,
+) -> Ratio {
+    let value = numerator / denominator;
+    Ratio {
+        name,
+        what,
+        numerator,
+        denominator,
+        unit,
+        value,
+        target,
+        met: ok(value),
+    }
+}
+
+fn args(
+    url: &str,
+    format: Format,
+    cfg: &Config,
+    rate: Option<f64>,
+    fresh: Option<&str>,
+) -> loadgen::Args {
+    loadgen::Args {
+        url: url.into(),
+        format,
+        batch: cfg.ndjson_batch,
+        concurrency: cfg.concurrency,
+        keys: cfg.keys,
+        min_value: -1000,
+        max_value: 1000,
+        duration_s: cfg.stage_s,
+        rate,
+        truth: None,
+        freshness: fresh.map(str::to_owned),
+        seed: 42,
+    }
+}
+
+async fn load(
+    url: &str,
+    format: Format,
+    cfg: &Config,
+    rate: Option<f64>,
+    fresh: Option<&str>,
+) -> anyhow::Result<Report> {
+    loadgen::run(&args(url, format, cfg, rate, fresh))
+        .await
+        .map(|(r, _)| r)
+}
+
+async fn load_truth(
+    url: &str,
+    format: Format,
+    cfg: &Config,
+    rate: Option<f64>,
+    fresh: Option<&str>,
+) -> anyhow::Result<(Report, Truth)> {
+    loadgen::run(&args(url, format, cfg, rate, fresh)).await
+}
+
+fn record_key(i: u64, keys: u64) -> String {
+    format!("key-{}", i % keys)
+}
+
+/// Produces `n` records as fast as the broker acknowledges them; returns records/s.
+async fn raw_produce(
+    kafka: &KafkaArgs,
+    n: u64,
+    keys: u64,
+    mut truth: Option<&mut Truth>,
+) -> anyhow::Result<f64> {
+    kafka.ensure_topic().await?;
+    let producer: FutureProducer = kafka
+        .producer(Duration::from_secs(30))
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let start = Instant::now();
+    let mut pending = Vec::with_capacity(n as usize);
+    let value = encode_value(1);
+    for i in 0..n {
+        let key = record_key(i.wrapping_mul(2_654_435_761), keys);
+        let delivery = loop {
+            match producer.send_result(
+                FutureRecord::to(&kafka.topic)
+                    .key(key.as_bytes())
+                    .payload(&value),
+            ) {
+                Ok(d) => break d,
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => bail!("raw produce failed: {e}"),
+            }
+        };
+        pending.push((key, delivery));
+    }
+    for (key, d) in pending {
+        let d = d
+            .await?
+            .map_err(|(e, _)| anyhow::anyhow!("raw produce not acknowledged: {e}"))?;
+        if let Some(t) = truth.as_deref_mut() {
+            *t.sums.entry(key).or_insert(0) += 1;
+            t.acknowledged += 1;
+            let m = t.max_offsets.entry(d.partition).or_insert(d.offset);
+            *m = (*m).max(d.offset);
+        }
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn raw_produce_truth(kafka: &KafkaArgs, n: u64, keys: u64) -> anyhow::Result<Truth> {
+    let mut t = Truth::default();
+    raw_produce(kafka, n, keys, Some(&mut t)).await?;
+    Ok(t)
+}
+
+struct RawRead {
+    records: u64,
+    rate: f64,
+    ends: BTreeMap<i32, i64>,
+}
+
+/// Reads the whole topic to partition EOF, as a group member (`group`) or by assign; the rate
+/// is timed from the first record to the last.
+fn raw_consume(kafka: &KafkaArgs, group: bool) -> anyhow::Result<RawRead> {
+    let consumer: BaseConsumer = if group {
+        kafka
+            .group_consumer(&unique("raw"), Duration::from_secs(6))
+            .create()?
+    } else {
+        kafka.reader().create()?
+    };
+    let parts = partitions_of(&consumer, &kafka.topic, Duration::from_secs(30))?;
+    if group {
+        consumer.subscribe(&[&kafka.topic])?;
+    } else {
+        let mut tpl = TopicPartitionList::new();
+        for p in &parts {
+            tpl.add_partition_offset(&kafka.topic, *p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+    }
+    let mut open: std::collections::BTreeSet<i32> = parts.iter().copied().collect();
+    let mut ends = BTreeMap::new();
+    let mut records = 0u64;
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !open.is_empty() {
+        if Instant::now() > deadline {
+            bail!("raw read did not reach the end of {:?}", open);
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+                records += 1;
+                // Touch the bytes as a consumer would.
+                std::hint::black_box((m.key(), m.payload()));
+                ends.insert(m.partition(), m.offset() + 1);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "raw read"),
+            None => {}
+        }
+    }
+    let secs = first
+        .map(|f| last.duration_since(f).as_secs_f64())
+        .unwrap_or(0.0)
+        .max(1e-3);
+    Ok(RawRead {
+        records,
+        rate: records as f64 / secs,
+        ends,
+    })
+}
+
+fn offsets(c: &reqwest::blocking::Client, base: &str) -> BTreeMap<i32, i64> {
+    tally_testkit::client::offsets(c, base).unwrap_or_default()
+}
+
+/// Waits until the aggregator's committed offsets reach `ends`; returns records/s from the
+/// first committed progress to the end, counting only what was committed after that moment.
+fn fold_rate(base: &str, ends: &BTreeMap<i32, i64>) -> anyhow::Result<f64> {
+    let c = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut first: Option<(Instant, i64)> = None;
+    loop {
+        let o = offsets(&c, base);
+        let done: i64 = o.values().sum();
+        if first.is_none() && done > 0 {
+            first = Some((Instant::now(), done));
+        }
+        if ends.iter().all(|(p, e)| o.get(p).is_some_and(|n| n >= e)) {
+            let Some((t0, d0)) = first else {
+                return Ok(0.0);
+            };
+            let secs = t0.elapsed().as_secs_f64().max(1e-3);
+            return Ok((done - d0).max(0) as f64 / secs);
+        }
+        if Instant::now() > deadline {
+            bail!("aggregator did not catch up: {o:?} vs {ends:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rss_mb(pid: i32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Waits for the aggregator to fold up to `ends`, sampling its peak RSS at each quarter of the
+/// log: `(records folded, VmHWM MB)`.
+fn fold_sampling_rss(
+    base: &str,
+    pid: i32,
+    ends: &BTreeMap<i32, i64>,
+) -> anyhow::Result<Vec<(i64, f64)>> {
+    let c = reqwest::blocking::Client::new();
+    let total: i64 = ends.values().sum();
+    let mut samples = Vec::new();
+    let mut next_quarter = 1;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let done: i64 = offsets(&c, base).values().sum();
+        while next_quarter <= 4 && done * 4 >= total * next_quarter {
+            samples.push((done, rss_mb(pid, "VmHWM:")));
+            next_quarter += 1;
+        }
+        if next_quarter > 4 {
+            return Ok(samples);
+        }
+        if Instant::now() > deadline {
+            bail!("aggregator did not fold the P6 log in time ({done} of {total})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn supports_min_offset(agg: &str) -> bool {
+    let c = reqwest::blocking::Client::new();
+    c.get(format!(
+        "{agg}/sums/key-0?min_offset=0:999999999999&wait_ms=10"
+    ))
+    .send()
+    .is_ok_and(|r| r.status() == 504)
+}
+
+/// Keys whose stored sum differs from the truth (and stored keys the truth lacks).
+fn diff_store(db: &Path, topic: &str, truth: &Truth) -> anyhow::Result<Vec<String>> {
+    let store = Store::open(db, topic, OpenMode::Existing).context("open bench database")?;
+    let mut stored: BTreeMap<String, i64> = BTreeMap::new();
+    for ((k, _), s) in store.all_sums()? {
+        *stored.entry(k).or_insert(0) += s;
+    }
+    let mut diff = Vec::new();
+    for (k, want) in &truth.sums {
+        let got = stored.remove(k);
+        if got != Some(*want) {
+            diff.push(format!("{k}: want {want}, got {got:?}"));
+        }
+    }
+    for (k, got) in stored {
+        if got != 0 {
+            diff.push(format!("{k}: not acknowledged, got {got}"));
+        }
+    }
+    Ok(diff)
+}
+
+/// BENCHMARKS.md's section for one run.
+pub fn markdown(res: &Results, cfg: &Config, machine: &str, date: &str, commit: &str) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("## Run of {date}\n\nMachine: {machine}. Commit: `{commit}`. Profile: {}. Stage length {} s, concurrency {}, {} keys, NDJSON batch {}, {} partitions; P6 {} records over {} keys.\n\n", cfg.profile, cfg.stage_s, cfg.concurrency, cfg.keys, cfg.ndjson_batch, cfg.partitions, cfg.p6_records, cfg.p6_keys));
+    s.push_str("| | measure | numerator | denominator | ratio / value | target | met |\n|---|---|---|---|---|---|---|\n");
+    for r in &res.ratios {
+        s.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.3} | {} | {} |\n",
+            r.name,
+            r.what,
+            r.numerator,
+            r.denominator,
+            r.value,
+            r.target,
+            if r.met { "yes" } else { "**no**" }
+        ));
+    }
+    s.push_str("\nExactness (sums against the ground truth of acknowledged increments):\n\n");
+    for (stage, ok, detail) in &res.exactness {
+        s.push_str(&format!(
+            "- {stage}: {} ({detail})\n",
+            if *ok { "exact" } else { "**WRONG**" }
+        ));
+    }
+    for n in &res.notes {
+        s.push_str(&format!("- note: {n}\n"));
+    }
+    s.push_str(&format!(
+        "\n<details><summary>raw numbers</summary>\n\n```json\n{}\n```\n</details>\n",
+        serde_json::to_string_pretty(&res.raw).unwrap_or_default()
+    ));
+    s
+}
