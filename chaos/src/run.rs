@@ -1,0 +1,409 @@
+//! Orchestration: start the pipeline, run clients, inject faults from the seed, then check.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tally_pipeline::store::{OpenMode, Store};
+use tally_testkit::broker::Broker;
+use tally_testkit::process::{bin, Proc};
+use tally_testkit::{free_port, unique, wait_for};
+
+use crate::disk::SmallFs;
+use crate::load::{client, Truth};
+
+/// The kinds of fault, in the order the figures list them.
+pub const FAULTS: [&str; 5] = [
+    "aggregator_kill",
+    "ingest_kill",
+    "broker_kill",
+    "zombie",
+    "disk_full",
+];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub seed: u64,
+    /// Minimum faults of each kind (same order as [`FAULTS`]); the run lasts until all are
+    /// reached (and at least `min_duration`), bounded by `max_duration`.
+    pub targets: [u64; 5],
+    pub min_duration: Duration,
+    pub max_duration: Duration,
+    pub clients: usize,
+    pub keys: usize,
+    pub partitions: i32,
+    pub session_timeout_ms: u64,
+    pub disk_mb: u64,
+    pub work_dir: PathBuf,
+}
+
+impl Config {
+    /// CI's short run: 10 aggregator kills and a few of every other fault.
+    pub fn short(seed: u64, work_dir: PathBuf) -> Config {
+        Config {
+            seed,
+            targets: [10, 3, 2, 2, 2],
+            min_duration: Duration::from_secs(20),
+            max_duration: Duration::from_secs(600),
+            clients: 6,
+            keys: 200,
+            partitions: 6,
+            session_timeout_ms: 6000,
+            disk_mb: 64,
+            work_dir,
+        }
+    }
+
+    /// The long run whose figures RELIABILITY.md publishes.
+    pub fn long(seed: u64, work_dir: PathBuf) -> Config {
+        Config {
+            targets: [100, 20, 10, 10, 10],
+            max_duration: Duration::from_secs(3 * 3600),
+            ..Config::short(seed, work_dir)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Figures {
+    pub seed: u64,
+    pub duration_s: f64,
+    pub faults: BTreeMap<String, u64>,
+    pub acknowledged: u64,
+    pub lost: i64,
+    pub doubled: i64,
+    pub unfinished: u64,
+    pub client_retries: BTreeMap<String, u64>,
+    /// Restarts the runner did because a process exited on its own (as systemd would).
+    pub crash_restarts: BTreeMap<String, u64>,
+    /// Per fault kind: recovery time in ms (until an acknowledged write is folded), max and mean.
+    pub recovery_ms: BTreeMap<String, (f64, f64)>,
+    pub verify_exit: Option<i32>,
+}
+
+impl Figures {
+    pub fn passed(&self) -> bool {
+        self.lost == 0 && self.doubled == 0 && self.unfinished == 0 && self.verify_exit == Some(0)
+    }
+}
+
+struct Pipeline {
+    broker: Broker,
+    topic: String,
+    group: String,
+    db: PathBuf,
+    ingest: Proc,
+    ingest_base: String,
+    aggs: Vec<(Proc, String)>,
+    crash_restarts: BTreeMap<String, u64>,
+}
+
+fn common(broker: &Broker, topic: &str, partitions: i32) -> Vec<String> {
+    vec![
+        "--brokers".into(),
+        broker.addr(),
+        "--topic".into(),
+        topic.into(),
+        "--partitions".into(),
+        partitions.to_string(),
+    ]
+}
+
+fn healthy(base: &str) -> bool {
+    reqwest::blocking::Client::new()
+        .get(format!("{base}/healthz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .is_ok_and(|r| r.status() == 200)
+}
+
+fn wait_healthy(base: &str) {
+    wait_for(
+        &format!("{base} to be healthy"),
+        Duration::from_secs(90),
+        || healthy(base).then_some(()),
+    );
+}
+
+impl Pipeline {
+    fn start(cfg: &Config, fs: &SmallFs) -> Pipeline {
+        let broker = Broker::start();
+        let topic = unique("chaos");
+        let group = unique("chaos-group");
+        let db = fs.path().join("tally.db");
+        let port = free_port();
+        let mut args = common(&broker, &topic, cfg.partitions);
+        args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
+        let ingest = Proc::start("ingest", &args, &[], &cfg.work_dir);
+        let ingest_base = format!("http://127.0.0.1:{port}");
+        wait_healthy(&ingest_base);
+        let mut p = Pipeline {
+            broker,
+            topic,
+            group,
+            db,
+            ingest,
+            ingest_base,
+            aggs: Vec::new(),
+            crash_restarts: BTreeMap::new(),
+        };
+        for _ in 0..2 {
+            let a = p.aggregator(cfg);
+            p.aggs.push(a);
+        }
+        p
+    }
+
+    fn aggregator(&self, cfg: &Config) -> (Proc, String) {
+        let port = free_port();
+        let mut args = common(&self.broker, &self.topic, cfg.partitions);
+        args.extend([
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--group".into(),
+            self.group.clone(),
+            "--db".into(),
+            self.db.display().to_string(),
+            "--session-timeout-ms".into(),
+            cfg.session_timeout_ms.to_string(),
+        ]);
+        let p = Proc::start("aggregator", &args, &[], &cfg.work_dir);
+        let base = format!("http://127.0.0.1:{port}");
+        wait_healthy(&base);
+        (p, base)
+    }
+
+    /// Acts as systemd's Restart=on-failure: restarts any process that exited on its own.
+    fn supervise(&mut self) {
+        if !self.ingest.is_running() {
+            *self.crash_restarts.entry("ingest".into()).or_insert(0) += 1;
+            self.ingest.restart();
+            wait_healthy(&self.ingest_base);
+        }
+        for (p, base) in &mut self.aggs {
+            if !p.is_running() {
+                *self.crash_restarts.entry("aggregator".into()).or_insert(0) += 1;
+                p.restart();
+                wait_healthy(base);
+            }
+        }
+    }
+
+    /// Committed next offsets, read from the database itself.
+    fn committed(&self) -> BTreeMap<i32, i64> {
+        Store::open(&self.db, &self.topic, OpenMode::Existing)
+            .and_then(|s| s.stored_offsets())
+            .unwrap_or_default()
+    }
+}
+
+/// One acknowledged probe write; returns where it landed. Retries until it succeeds.
+fn probe(base: &str, n: u64, truth: &mut Truth) -> (i32, i64) {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let idem = format!("probe-{n}");
+    loop {
+        let r = http
+            .post(format!("{base}/increments"))
+            .header("idempotency-key", &idem)
+            .json(&serde_json::json!({"key": "probe", "value": 1}))
+            .send();
+        if let Ok(resp) = r {
+            if resp.status() == 200 {
+                let v: serde_json::Value = resp.json().expect("json");
+                *truth.counts.entry("probe".into()).or_insert(0) += 1;
+                truth.acknowledged += 1;
+                let (p, o) = (
+                    v["partition"].as_i64().expect("partition") as i32,
+                    v["offset"].as_i64().expect("offset"),
+                );
+                let m = truth.max_offsets.entry(p).or_insert(o);
+                *m = (*m).max(o);
+                return (p, o);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs the chaos scenario and returns its figures.
+pub fn run(cfg: &Config) -> anyhow::Result<Figures> {
+    let fs = SmallFs::mount(cfg.disk_mb)?;
+    std::fs::create_dir_all(&cfg.work_dir)?;
+    let mut p = Pipeline::start(cfg, &fs);
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = Duration::from_secs(120);
+    let clients: Vec<_> = (0..cfg.clients)
+        .map(|i| {
+            let (base, stop) = (p.ingest_base.clone(), stop.clone());
+            let (keys, seed) = (cfg.keys, cfg.seed);
+            std::thread::spawn(move || client(i, base, keys, seed, stop, drain))
+        })
+        .collect();
+
+    let start = Instant::now();
+    let mut figures = Figures {
+        seed: cfg.seed,
+        ..Figures::default()
+    };
+    let mut done = [0u64; 5];
+    let mut recovery: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut probe_truth = Truth::default();
+    let mut probes = 0u64;
+    let session = Duration::from_millis(cfg.session_timeout_ms);
+    while start.elapsed() < cfg.min_duration || done.iter().zip(cfg.targets).any(|(d, t)| *d < t) {
+        if start.elapsed() > cfg.max_duration {
+            bail!(
+                "fault targets not reached within {:?}: {:?}",
+                cfg.max_duration,
+                done
+            );
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(300..1500)));
+        // Pick a kind still short of its target (any kind once all are reached).
+        let open: Vec<usize> = (0..5).filter(|i| done[*i] < cfg.targets[*i]).collect();
+        let kind = if open.is_empty() {
+            rng.gen_range(0..5)
+        } else {
+            open[rng.gen_range(0..open.len())]
+        };
+        let a = rng.gen_range(0..p.aggs.len());
+        match FAULTS[kind] {
+            "aggregator_kill" => {
+                p.aggs[a].0.kill();
+                // Let the broker expire the dead member first (tansu 0.6 can otherwise leave
+                // its partitions unassigned; see ARCHITECTURE.md).
+                std::thread::sleep(session + Duration::from_millis(500));
+                p.aggs[a].0.restart();
+                wait_healthy(&p.aggs[a].1);
+            }
+            "ingest_kill" => {
+                p.ingest.kill();
+                std::thread::sleep(Duration::from_millis(rng.gen_range(0..500)));
+                p.ingest.restart();
+                wait_healthy(&p.ingest_base);
+            }
+            "broker_kill" => {
+                p.broker.kill();
+                std::thread::sleep(Duration::from_millis(rng.gen_range(200..2000)));
+                p.broker.restart();
+            }
+            "zombie" => {
+                p.aggs[a].0.stop_signal();
+                std::thread::sleep(session + Duration::from_millis(2000));
+                p.aggs[a].0.cont_signal();
+            }
+            "disk_full" => {
+                fs.fill().context("filling the database filesystem")?;
+                std::thread::sleep(Duration::from_millis(rng.gen_range(1000..4000)));
+                fs.free();
+            }
+            _ => unreachable!(),
+        }
+        done[kind] += 1;
+        // Recovery: an acknowledged write made after the fault is folded and committed.
+        let t = Instant::now();
+        p.supervise();
+        probes += 1;
+        let (pp, po) = probe(&p.ingest_base, probes, &mut probe_truth);
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            p.supervise();
+            if p.committed().get(&pp).is_some_and(|n| *n > po) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no recovery within 180 s after {} #{}",
+                    FAULTS[kind],
+                    done[kind]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        recovery
+            .entry(FAULTS[kind])
+            .or_default()
+            .push(t.elapsed().as_secs_f64() * 1000.0);
+        eprintln!(
+            "chaos: {} #{} recovered in {:.0} ms",
+            FAULTS[kind],
+            done[kind],
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut truth = probe_truth;
+    for c in clients {
+        let (t, unfinished) = c.join().expect("client thread");
+        truth.merge(t);
+        figures.unfinished += unfinished;
+    }
+    figures.duration_s = start.elapsed().as_secs_f64();
+
+    // Everything acknowledged is folded?
+    wait_for(
+        "the aggregators to fold every acknowledged increment",
+        Duration::from_secs(300),
+        || {
+            p.supervise();
+            let c = p.committed();
+            truth
+                .max_offsets
+                .iter()
+                .all(|(pp, o)| c.get(pp).is_some_and(|n| n > o))
+                .then_some(())
+        },
+    );
+    let store = Store::open(&p.db, &p.topic, OpenMode::Existing)?;
+    let mut stored: BTreeMap<String, i64> = BTreeMap::new();
+    for ((k, _), s) in store.all_sums()? {
+        *stored.entry(k).or_insert(0) += s;
+    }
+    for (k, want) in &truth.counts {
+        let got = stored.remove(k).unwrap_or(0);
+        if got > *want {
+            figures.doubled += got - want;
+        } else {
+            figures.lost += want - got;
+        }
+    }
+    figures.doubled += stored.values().filter(|v| **v > 0).sum::<i64>();
+    figures.acknowledged = truth.acknowledged;
+    figures.client_retries = truth.retries;
+    figures.crash_restarts = p.crash_restarts.clone();
+    for (i, name) in FAULTS.iter().enumerate() {
+        figures.faults.insert((*name).to_owned(), done[i]);
+    }
+    for (k, v) in recovery {
+        let max = v.iter().cloned().fold(0.0, f64::max);
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        figures.recovery_ms.insert(k.to_owned(), (max, mean));
+    }
+    // No offset advanced past an unapplied record: the log up to the committed offsets folds
+    // to exactly the stored sums.
+    let out = std::process::Command::new(bin("replayer"))
+        .args(common(&p.broker, &p.topic, cfg.partitions))
+        .args(["verify", "--db", p.db.to_str().expect("utf-8 path")])
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("cannot run replayer verify")?;
+    figures.verify_exit = out.status.code();
+    if out.status.code() != Some(0) {
+        eprintln!(
+            "verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(figures)
+}

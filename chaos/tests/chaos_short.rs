@@ -1,0 +1,23 @@
+//! CI's short chaos run: 10 aggregator kills and a few of every other fault under load; fails
+//! if anything acknowledged is lost or doubled, or the live database does not verify.
+
+#[test]
+fn short_chaos_run_loses_and_doubles_nothing() {
+    let seed = std::env::var("TALLY_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261122);
+    let work = tempfile::tempdir().unwrap();
+    let cfg = tally_chaos::Config::short(seed, work.path().to_path_buf());
+    let f = tally_chaos::run(&cfg).expect("the chaos run completes");
+    println!("{}", serde_json::to_string_pretty(&f).unwrap());
+    assert_eq!(f.lost, 0, "lost increments (seed {seed})");
+    assert_eq!(f.doubled, 0, "doubled increments (seed {seed})");
+    assert_eq!(
+        f.unfinished, 0,
+        "increments never acknowledged (seed {seed})"
+    );
+    assert_eq!(f.verify_exit, Some(0), "replayer verify (seed {seed})");
+    assert!(f.faults["aggregator_kill"] >= 10);
+    assert!(f.acknowledged > 1000, "load ran: {}", f.acknowledged);
+}
