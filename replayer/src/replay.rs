@@ -11,10 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
 use tally_pipeline::applier::Applier;
 use tally_pipeline::fold::Folded;
 use tally_pipeline::kafka::{partitions_of, KafkaArgs};
@@ -44,10 +45,7 @@ pub fn replay(
     to: &To,
     only: Option<&BTreeSet<i32>>,
 ) -> anyhow::Result<Summary> {
-    let consumer: BaseConsumer = kafka
-        .reader()
-        .create()
-        .context("cannot create the Kafka reader")?;
+    let consumer = reader(kafka)?;
     let mut all = partitions_of(&consumer, &kafka.topic, Duration::from_secs(30))?;
     if let Some(only) = only {
         all.retain(|p| only.contains(p));
@@ -157,7 +155,7 @@ pub fn replay(
 /// Records between `start` and `end` (or the high watermark), for the progress bar only: tansu's
 /// watermarks can be wrong, so nothing else relies on them.
 fn estimate(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     p: i32,
     start: Offset,
@@ -173,7 +171,33 @@ fn estimate(
     Some(end.unwrap_or(high).saturating_sub(start).max(0) as u64)
 }
 
-pub(crate) fn close(consumer: &BaseConsumer, topic: &str, open: &mut BTreeSet<i32>, p: i32) {
+/// The reader's client context: librdkafka also reports reaching a partition's end as a client
+/// error, which is how a replay finishes, not something to log as an error.
+pub(crate) struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::debug!(reason, "partition end reached");
+        } else {
+            tracing::error!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+pub(crate) type Reader = BaseConsumer<ReaderContext>;
+
+/// A reader of explicitly assigned partitions (no group).
+pub(crate) fn reader(kafka: &KafkaArgs) -> anyhow::Result<Reader> {
+    kafka
+        .reader()
+        .create_with_context(ReaderContext)
+        .context("cannot create the Kafka reader")
+}
+
+pub(crate) fn close(consumer: &Reader, topic: &str, open: &mut BTreeSet<i32>, p: i32) {
     if open.remove(&p) {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, p);

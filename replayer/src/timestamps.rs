@@ -10,13 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tally_pipeline::kafka::KafkaArgs;
 
-use crate::replay::close;
+use crate::replay::{close, reader, Reader};
 
 /// How long the scan may go without any message or end-of-partition before giving up.
 const STALL: Duration = Duration::from_secs(60);
@@ -29,10 +29,7 @@ pub fn resolve(
     partitions: &[i32],
     at_ms: i64,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let consumer: BaseConsumer = kafka
-        .reader()
-        .create()
-        .context("cannot create the Kafka reader")?;
+    let consumer = reader(kafka)?;
     let hint = broker_answer(&consumer, &kafka.topic, partitions, at_ms);
 
     let mut tpl = TopicPartitionList::new();
@@ -97,7 +94,7 @@ pub fn resolve(
 
 /// What the broker's ListOffsets-by-timestamp answers (empty when it fails), for comparison only.
 fn broker_answer(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     partitions: &[i32],
     at_ms: i64,
@@ -127,7 +124,7 @@ fn broker_answer(
     }
 }
 
-fn low_watermark(consumer: &BaseConsumer, topic: &str, p: i32) -> anyhow::Result<i64> {
+fn low_watermark(consumer: &Reader, topic: &str, p: i32) -> anyhow::Result<i64> {
     let (low, _) = consumer
         .fetch_watermarks(topic, p, Duration::from_secs(10))
         .with_context(|| format!("cannot read the start of partition {p}"))?;
