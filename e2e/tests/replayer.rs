@@ -373,9 +373,9 @@ fn a_rebuild_killed_half_way_and_rerun_with_continue_ends_exact() {
         "killed half-way: {at_kill} of {total} committed\n{}",
         rebuild.log_text()
     );
-    // What was committed is a consistent prefix: each partition's rows match its offset.
-    let partial = stored_offsets(&db, &p.topic);
-    assert!(partial.values().sum::<i64>() < total);
+    eprintln!("killed after {at_kill} of {total} records were committed");
+    // What was committed is a consistent prefix: the fold of the log up to its offsets.
+    run_ok(&p, &["verify", "--db", db.to_str().unwrap()]);
 
     let out = run_ok(&p, &["rebuild", "--db", db.to_str().unwrap(), "--continue"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
