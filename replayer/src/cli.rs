@@ -1,14 +1,17 @@
 //! The replayer's command line: subcommands, their flags, and exit codes
 //! (0 success, 1 verify found differences, 2 the command could not run).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tally_pipeline::applier::Applier;
 use tally_pipeline::kafka::KafkaArgs;
 use tally_pipeline::store::{OpenMode, Store};
 
+use crate::as_of::{Filter, Format};
 use crate::positions::{From, To};
 
 #[derive(Parser, Debug)]
@@ -28,22 +31,55 @@ pub struct Cli {
 pub enum Command {
     /// Folds a range of the log into a new database (same schema as the aggregator's).
     Rebuild {
-        /// The database to create; it must not exist.
-        #[arg(long)]
+        /// The database to create; it must not exist unless --continue is given.
+        #[arg(long, env = "TALLY_DB", default_value = "tally.db")]
         db: PathBuf,
-        /// Where to start: `earliest` or PARTITION:OFFSET,... (unlisted partitions: earliest).
-        #[arg(long, default_value = "earliest")]
+        /// Where to start: `earliest`, PARTITION:OFFSET,... (unlisted partitions: earliest),
+        /// `ts:MILLIS` or an RFC 3339 time (each partition's first record at or after it).
+        #[arg(long, env = "TALLY_REPLAY_FROM", default_value = "earliest")]
         from: From,
-        /// Where to stop: `end` (each partition's end when reached) or PARTITION:OFFSET,...
-        /// (exclusive; unlisted partitions: end).
-        #[arg(long, default_value = "end")]
+        /// Where to stop: `end` (each partition's end when reached), PARTITION:OFFSET,...
+        /// (exclusive; unlisted partitions: end), `ts:MILLIS` or an RFC 3339 time (before each
+        /// partition's first record at or after it).
+        #[arg(long, env = "TALLY_REPLAY_TO", default_value = "end")]
         to: To,
+        /// Write into an existing database, starting each partition from its stored offset
+        /// (resume a rebuild that was stopped, or extend a snapshot).
+        #[arg(
+            long = "continue",
+            env = "TALLY_REPLAY_CONTINUE",
+            default_value_t = false
+        )]
+        resume: bool,
     },
     /// Replays into a temporary database up to LIVE's committed offsets and compares every sum.
     Verify {
         /// The live database to check (read only).
-        #[arg(long)]
+        #[arg(long, env = "TALLY_DB", default_value = "tally.db")]
         db: PathBuf,
+        /// Check only these partitions (comma-separated ids); all of LIVE's by default.
+        #[arg(
+            long = "partitions",
+            env = "TALLY_VERIFY_PARTITIONS",
+            value_delimiter = ','
+        )]
+        only: Vec<i32>,
+    },
+    /// Prints the sums as they were at a point of the log.
+    AsOf {
+        /// The point: PARTITION:OFFSET,... (exclusive; unlisted partitions: their end),
+        /// `ts:MILLIS` or an RFC 3339 time, or `end`.
+        #[arg(long, env = "TALLY_AS_OF_AT", default_value = "end")]
+        at: To,
+        /// Only this key.
+        #[arg(long, env = "TALLY_AS_OF_KEY", conflicts_with = "prefix")]
+        key: Option<String>,
+        /// Only keys starting with this prefix.
+        #[arg(long, env = "TALLY_AS_OF_PREFIX")]
+        prefix: Option<String>,
+        /// Where to write: FILE.csv, FILE.json, or - for CSV on standard output.
+        #[arg(long, env = "TALLY_AS_OF_OUT", default_value = "-")]
+        out: String,
     },
 }
 
@@ -59,9 +95,25 @@ pub fn run(cli: Cli) -> ExitCode {
 
 fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Rebuild { db, from, to } => {
-            let store = Store::open(&db, &cli.kafka.topic, OpenMode::CreateNew)
-                .map_err(|e| anyhow::anyhow!("{e}; choose a path that does not exist yet"))?;
+        Command::Rebuild {
+            db,
+            from,
+            to,
+            resume,
+        } => {
+            let mode = if resume {
+                OpenMode::Existing
+            } else {
+                OpenMode::CreateNew
+            };
+            let store = Store::open(&db, &cli.kafka.topic, mode).map_err(|e| {
+                let hint = if resume {
+                    "drop --continue to create it"
+                } else {
+                    "choose a path that does not exist yet, or add --continue to resume into it"
+                };
+                anyhow::anyhow!("{e}; {hint}")
+            })?;
             let mut applier = Applier::new(store);
             let s = crate::replay::replay(&cli.kafka, &mut applier, &from, &to, None)?;
             println!(
@@ -73,14 +125,44 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { db } => {
-            let report = crate::verify::verify(&cli.kafka, &db, None)?;
+        Command::Verify { db, only } => {
+            let only: BTreeSet<i32> = only.into_iter().collect();
+            let report =
+                crate::verify::verify(&cli.kafka, &db, (!only.is_empty()).then_some(&only))?;
             println!("{report}");
             Ok(if report.is_clean() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::AsOf {
+            at,
+            key,
+            prefix,
+            out,
+        } => {
+            let format = Format::for_path(&out).map_err(anyhow::Error::msg)?;
+            let filter = match (key, prefix) {
+                (Some(k), _) => Filter::Key(k),
+                (None, Some(p)) => Filter::Prefix(p),
+                (None, None) => Filter::All,
+            };
+            let result = crate::as_of::as_of(&cli.kafka, &at, &filter)?;
+            if out == "-" {
+                crate::as_of::write(std::io::stdout().lock(), &result, format)?;
+            } else {
+                let file = std::fs::File::create(&out).with_context(|| {
+                    format!("cannot create {out}; check the directory exists and is writable")
+                })?;
+                crate::as_of::write(std::io::BufWriter::new(file), &result, format)?;
+            }
+            eprintln!(
+                "as of offsets {:?}: {} keys",
+                result.offsets,
+                result.sums.len()
+            );
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -1,20 +1,28 @@
 //! The replay engine: reads chosen partitions of the log from a start to an end and folds them
 //! with the same [`Applier`] the aggregator uses, committing as it goes. It is caught up when
-//! librdkafka reports partition EOF, never by trusting the high watermark.
+//! librdkafka reports partition EOF, never by trusting the high watermark (which only sizes
+//! the progress bar). Times in `--from`/`--to` become offsets through [`crate::timestamps`].
+//!
+//! A database that already holds offsets (`--continue`, or a snapshot taken at a point)
+//! resumes at them: the start of each partition is what the database stores, as for the
+//! aggregator, and a `--from` past it is refused because records in between would be missing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
 use tally_pipeline::applier::Applier;
 use tally_pipeline::fold::Folded;
 use tally_pipeline::kafka::{partitions_of, KafkaArgs};
 
 use crate::positions::{From, To};
+use crate::progress::Progress;
+use crate::timestamps;
 
 /// Commit at least this often, so a killed rebuild keeps most of its work.
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
@@ -37,28 +45,40 @@ pub fn replay(
     to: &To,
     only: Option<&BTreeSet<i32>>,
 ) -> anyhow::Result<Summary> {
-    let consumer: BaseConsumer = kafka
-        .reader()
-        .create()
-        .context("cannot create the Kafka reader")?;
+    let consumer = reader(kafka)?;
     let mut all = partitions_of(&consumer, &kafka.topic, Duration::from_secs(30))?;
     if let Some(only) = only {
         all.retain(|p| only.contains(p));
     }
+    let from = match from {
+        From::Timestamp(t) => From::Offsets(timestamps::resolve(kafka, &all, *t)?),
+        other => other.clone(),
+    };
+    let to = match to {
+        To::Timestamp(t) => To::Offsets(timestamps::resolve(kafka, &all, *t)?),
+        other => other.clone(),
+    };
     let stored = applier.assign(&all).context("cannot read stored offsets")?;
     let mut tpl = TopicPartitionList::new();
     let mut ends: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+    let mut expected_records: Option<u64> = Some(0);
     for (p, stored) in stored {
-        // A database that already holds offsets (continue) resumes there; a fresh one starts
-        // where --from says.
-        let start = match (stored, from) {
-            (Some(o), _) => Offset::Offset(o),
-            (None, From::Offsets(m)) if m.contains_key(&p) => Offset::Offset(m[&p]),
-            (None, _) => Offset::Beginning,
+        let wanted = match &from {
+            From::Offsets(m) => m.get(&p).copied(),
+            _ => None,
         };
-        let end = match to {
-            To::End => None,
+        let start = match (stored, wanted) {
+            (Some(s), Some(w)) if w > s => bail!(
+                "the database holds partition {p} up to offset {s} but --from starts it at {w}; \
+                 records in between would be missing: drop --from for partition {p} or use a new database"
+            ),
+            (Some(s), _) => Offset::Offset(s),
+            (None, Some(w)) => Offset::Offset(w),
+            (None, None) => Offset::Beginning,
+        };
+        let end = match &to {
             To::Offsets(m) => m.get(&p).copied(),
+            _ => None,
         };
         if let (Offset::Offset(s), Some(e)) = (start, end) {
             if s >= e {
@@ -66,6 +86,9 @@ pub fn replay(
                 continue;
             }
         }
+        expected_records = expected_records
+            .zip(estimate(&consumer, &kafka.topic, p, start, end))
+            .map(|(a, b)| a + b);
         tpl.add_partition_offset(&kafka.topic, p, start)?;
         ends.insert(p, end);
     }
@@ -80,6 +103,7 @@ pub fn replay(
     let mut open: BTreeSet<i32> = ends.keys().copied().collect();
     let mut last_commit = Instant::now();
     let mut last_progress = Instant::now();
+    let mut progress = Progress::new(expected_records);
     while !open.is_empty() {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
@@ -94,6 +118,7 @@ pub fn replay(
                 match applier.fold(p, offset, m.key(), m.payload())? {
                     Folded::Applied | Folded::Rejected => {
                         last_progress = Instant::now();
+                        progress.inc(1);
                     }
                     Folded::Duplicate | Folded::NotOwned => {}
                     Folded::Gap => bail!(
@@ -123,10 +148,56 @@ pub fn replay(
         }
     }
     commit(applier, &mut summary)?;
+    progress.finish();
     Ok(summary)
 }
 
-fn close(consumer: &BaseConsumer, topic: &str, open: &mut BTreeSet<i32>, p: i32) {
+/// Records between `start` and `end` (or the high watermark), for the progress bar only: tansu's
+/// watermarks can be wrong, so nothing else relies on them.
+fn estimate(
+    consumer: &Reader,
+    topic: &str,
+    p: i32,
+    start: Offset,
+    end: Option<i64>,
+) -> Option<u64> {
+    let (low, high) = consumer
+        .fetch_watermarks(topic, p, Duration::from_secs(5))
+        .ok()?;
+    let start = match start {
+        Offset::Offset(s) => s,
+        _ => low,
+    };
+    Some(end.unwrap_or(high).saturating_sub(start).max(0) as u64)
+}
+
+/// The reader's client context: librdkafka also reports reaching a partition's end as a client
+/// error, which is how a replay finishes, not something to log as an error.
+pub(crate) struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::debug!(reason, "partition end reached");
+        } else {
+            tracing::error!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+pub(crate) type Reader = BaseConsumer<ReaderContext>;
+
+/// A reader of explicitly assigned partitions (no group).
+pub(crate) fn reader(kafka: &KafkaArgs) -> anyhow::Result<Reader> {
+    kafka
+        .reader()
+        .create_with_context(ReaderContext)
+        .context("cannot create the Kafka reader")
+}
+
+pub(crate) fn close(consumer: &Reader, topic: &str, open: &mut BTreeSet<i32>, p: i32) {
     if open.remove(&p) {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, p);
