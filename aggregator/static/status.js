@@ -73,7 +73,7 @@ function recordRate(now, committed) {
 }
 
 function drawChart(now) {
-  const [x0, x1, y0, y1] = [40, 600, 120, 10];
+  const [x0, x1, y0, y1] = [0, 600, 118, 4];
   const max = Math.max(1, ...rates.map((r) => r.rate));
   const points = rates.map((r) => {
     const x = x1 - ((now - r.t) / WINDOW_MS) * (x1 - x0);
