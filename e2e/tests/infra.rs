@@ -73,7 +73,8 @@ fn the_schema_check_rejects_broken_compose_files() {
     // The validator must be able to say no, or the test above proves nothing.
     let validator = compose_validator();
     let good = yaml(&infra("compose.yaml"));
-    let breakages: [(&str, fn(&mut Value)); 4] = [
+    type Breakage = (&'static str, fn(&mut Value));
+    let breakages: [Breakage; 4] = [
         ("unknown service key", |d| {
             d["services"]["ingest"]["restart_policy"] = "always".into()
         }),
