@@ -20,7 +20,7 @@ impl Reader {
     }
 
     /// Runs a read on the blocking pool: SQLite calls block, and must not stall the runtime.
-    async fn read<T: Send + 'static>(
+    pub(crate) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> tally_pipeline::store::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -38,6 +38,7 @@ impl Reader {
 pub fn routes(
     reader: Reader,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
+    let status = crate::status::routes(reader.clone());
     let with_reader = warp::any().map(move || reader.clone());
     let sum = warp::path!("sums" / String)
         .and(warp::get())
@@ -51,6 +52,8 @@ pub fn routes(
         .or(sum)
         .unify()
         .or(offsets)
+        .unify()
+        .or(status)
         .unify()
         .recover(tally_http::recover)
         .unify()

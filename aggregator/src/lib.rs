@@ -1,5 +1,5 @@
 //! The aggregator: a consumer-group member that folds its partitions into exact per-key sums
-//! in SQLite ([`consumer`]) and serves them over HTTP ([`api`]).
+//! in SQLite ([`consumer`]) and serves them over HTTP ([`api`]), with a status page ([`status`]).
 //!
 //! What lives here: the group membership, commit cadence and the read API. What must not:
 //! the fold, the record format or SQL that changes sums (those are `tally_pipeline`'s, shared
@@ -8,6 +8,7 @@
 pub mod api;
 mod config;
 pub mod consumer;
+pub mod status;
 
 use std::future::Future;
 use std::time::Duration;

@@ -171,6 +171,25 @@ impl Store {
         Ok(total.map(|t| t.clamp(i64::MIN as i128, i64::MAX as i128) as i64))
     }
 
+    /// The `limit` keys with the largest sums, largest first (ties by key), each with its sum
+    /// over all partitions as [`Store::key_sum`] gives it. Ranking uses SQLite's `TOTAL`
+    /// (a float, so it never overflows); keys whose sums differ by less than a float's
+    /// precision near 2^63 may come in either order.
+    pub fn top_keys(&self, limit: usize) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key FROM sums GROUP BY key ORDER BY TOTAL(sum) DESC, key LIMIT ?1",
+        )?;
+        let keys = stmt
+            .query_map([limit as i64], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        keys.into_iter()
+            .map(|k| {
+                let sum = self.key_sum(&k)?.unwrap_or(0);
+                Ok((k, sum))
+            })
+            .collect()
+    }
+
     /// Every sum row, keyed by (key, partition): what verify compares.
     pub fn all_sums(&self) -> Result<BTreeMap<(String, i32), i64>> {
         let mut stmt = self
@@ -425,6 +444,39 @@ mod tests {
         assert_eq!(rows[0].value.as_deref(), Some(&b"\xffjunk"[..]));
         assert_eq!(s.stored_offset(3).unwrap(), Some(2));
         assert_eq!(s.key_sum("k").unwrap(), Some(4));
+    }
+
+    #[test]
+    fn top_keys_rank_by_sum_across_partitions_and_keep_exact_values() {
+        let mut s = Store::in_memory("t").unwrap();
+        let p0 = batch(
+            &s,
+            0,
+            None,
+            &[
+                (0, "a", 5),
+                (1, "b", 7),
+                (2, "big", i64::MAX),
+                (3, "neg", -9),
+            ],
+        );
+        // "a" also has a row in partition 1 (as after a repartition): 5 + 4 = 9 > 7.
+        let p1 = batch(&s, 1, None, &[(0, "a", 4), (1, "c", 7)]);
+        s.apply([(0, &p0), (1, &p1)]).unwrap();
+        assert_eq!(
+            s.top_keys(4).unwrap(),
+            vec![
+                ("big".to_owned(), i64::MAX),
+                ("a".to_owned(), 9),
+                ("b".to_owned(), 7),
+                ("c".to_owned(), 7),
+            ]
+        );
+        assert_eq!(s.top_keys(0).unwrap(), vec![]);
+        assert_eq!(
+            s.top_keys(10).unwrap().last().unwrap(),
+            &("neg".to_owned(), -9)
+        );
     }
 
     #[test]
