@@ -50,6 +50,11 @@ pub struct Config {
     #[arg(long, env = "TALLY_READY_MAX_LAG", default_value_t = 10_000,
           value_parser = clap::value_parser!(i64).range(0..))]
     pub ready_max_lag: i64,
+    /// Longest time the broker may hold a fetch waiting for new records, in milliseconds:
+    /// bounds how soon a new record is folded (read-your-writes latency) against fetch traffic.
+    #[arg(long, env = "TALLY_FETCH_WAIT_MAX_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub fetch_wait_max_ms: u64,
 }
 
 impl Config {

@@ -29,7 +29,7 @@ use rdkafka::statistics::Statistics;
 
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -110,6 +110,11 @@ impl Ctx {
             for &(p, next) in committed {
                 if pr.owned.contains(&p) {
                     pr.committed.insert(p, next);
+                    // The log reaches at least as far as what was committed from it (the
+                    // statistics' watermark may be older).
+                    if let Some(end) = pr.log_end.get_mut(&p) {
+                        *end = (*end).max(next);
+                    }
                     if let Some(l) = pr.lag(p, Some(next)) {
                         instruments::lag(p, l);
                     }
@@ -173,7 +178,10 @@ impl ClientContext for Ctx {
 
     fn error(&self, error: KafkaError, reason: &str) {
         // librdkafka reports reaching a partition's end through here as well; it is not an error.
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::debug!(reason, "partition end reached");
         } else {
             tracing::error!(%error, reason, "kafka client error");
@@ -261,6 +269,7 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
             "statistics.interval.ms",
             STATS_INTERVAL.as_millis().to_string(),
         )
+        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
         .create_with_context(ctx)
         .context("cannot create the Kafka consumer")?;
     consumer

@@ -126,7 +126,13 @@ fn three_aggregators_stay_exact_through_kills_restarts_and_scaling() {
     let started = Instant::now();
     let p = Pipeline::new(12);
     let ingest = p.ingest(&[]);
-    let mut aggs: Vec<Service> = (0..3).map(|_| p.aggregator(&[])).collect();
+    let mut aggs: Vec<Service> = (0..3)
+        .map(|_| {
+            let a = p.aggregator(&[]);
+            std::thread::sleep(Duration::from_millis(500));
+            a
+        })
+        .collect();
     let load = Load::start(&ingest, 2);
     wait_converged(
         &aggs.iter().collect::<Vec<_>>(),
@@ -134,14 +140,22 @@ fn three_aggregators_stay_exact_through_kills_restarts_and_scaling() {
         Duration::from_secs(90),
     );
 
-    // Ten SIGKILLs, one process at a time, each restarted at once. Kills are spaced past the
-    // session timeout (6 s) and only after the group converged: tansu 0.6 can leave partitions
-    // unassigned for a long time when members die faster than it expires them.
+    // Ten SIGKILLs, one process at a time, under load. After each kill the survivors must take
+    // the victim's partitions over (the broker expires it after the 6 s session timeout) before
+    // it is restarted, and the group must converge again before the next kill: tansu 0.6 can
+    // leave partitions assigned to a dead member for a long time when a replacement joins
+    // before the dead one expired.
+    let mut last_kill = Instant::now() - Duration::from_secs(60);
     for i in 0..10 {
-        let victim = i % 3;
-        std::thread::sleep(Duration::from_millis(7000));
+        // Not aggregator 0, which joined first and leads the group: tansu 0.6 reuses the old
+        // assignment when the leader is the member that expired, orphaning its partitions.
+        let victim = 1 + i % 2;
+        let spacing = Duration::from_secs(7).saturating_sub(last_kill.elapsed());
+        std::thread::sleep(spacing.max(Duration::from_millis(500)));
         aggs[victim].proc.kill();
-        std::thread::sleep(Duration::from_millis(200));
+        last_kill = Instant::now();
+        let survivors: Vec<&Service> = (0..3).filter(|j| *j != victim).map(|j| &aggs[j]).collect();
+        wait_converged(&survivors, 12, Duration::from_secs(90));
         aggs[victim].restart();
         let o = wait_converged(
             &aggs.iter().collect::<Vec<_>>(),
@@ -163,7 +177,7 @@ fn three_aggregators_stay_exact_through_kills_restarts_and_scaling() {
         Duration::from_secs(90),
     );
     std::thread::sleep(Duration::from_millis(7000));
-    let mut leaving = aggs.remove(0);
+    let mut leaving = aggs.remove(1);
     let status = leaving.proc.terminate(Duration::from_secs(30));
     assert!(status.success(), "graceful stop exit status {status}");
     assert!(
@@ -198,9 +212,12 @@ fn zombie_paused_past_the_session_timeout_is_fenced_and_resumes_exactly() {
     let _serial = serial();
     let p = Pipeline::new(4);
     let ingest = p.ingest(&[]);
+    // The other joins first and so leads the group: tansu 0.6 reuses the old assignment when
+    // the leader is the member that expired, leaving its partitions orphaned.
+    let other = p.aggregator(&[]);
+    std::thread::sleep(Duration::from_millis(500));
     // A long commit interval: the zombie always holds pending work when it is paused.
     let zombie = p.aggregator(&["--commit-interval-ms", "4000"]);
-    let other = p.aggregator(&[]);
     let load = Load::start(&ingest, 2);
     let o = wait_converged(&[&zombie, &other], 4, Duration::from_secs(90));
     eprintln!("converged {o:?}");
@@ -277,7 +294,8 @@ fn poison_records_are_quarantined_listed_and_rebuilt_identically() {
     let mut trailing = v(1);
     trailing.push(0);
     // (partition, key, value, reason code when it must be quarantined)
-    let plan: Vec<(i32, Option<Vec<u8>>, Option<Vec<u8>>, Option<&str>)> = vec![
+    type Planned = (i32, Option<Vec<u8>>, Option<Vec<u8>>, Option<&'static str>);
+    let plan: Vec<Planned> = vec![
         (0, Some(b"good".to_vec()), Some(v(5)), None),
         (
             0,
@@ -447,8 +465,9 @@ fn read_your_writes_for_1000_sequential_pairs_across_two_aggregators() {
     let _serial = serial();
     let p = Pipeline::new(4);
     let ingest = p.ingest(&[]);
-    let a = p.aggregator(&["--commit-interval-ms", "10"]);
-    let b = p.aggregator(&["--commit-interval-ms", "10"]);
+    let fast = ["--commit-interval-ms", "10", "--fetch-wait-max-ms", "10"];
+    let a = p.aggregator(&fast);
+    let b = p.aggregator(&fast);
     wait_converged(&[&a, &b], 4, Duration::from_secs(90));
 
     let client = http();
