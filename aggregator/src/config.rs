@@ -41,11 +41,32 @@ pub struct Config {
     #[arg(long, env = "TALLY_MAX_PENDING_RECORDS", default_value_t = 50_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pending_records: u64,
+    /// Longest read-your-writes wait (`wait_ms`) honoured, in milliseconds; longer asks are
+    /// capped.
+    #[arg(long, env = "TALLY_MAX_WAIT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub max_wait_ms: u64,
+    /// `GET /readyz` fails while the total lag of this process's partitions is above this.
+    #[arg(long, env = "TALLY_READY_MAX_LAG", default_value_t = 10_000,
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub ready_max_lag: i64,
+    /// Longest time the broker may hold a fetch waiting for new records, in milliseconds:
+    /// bounds how soon a new record is folded (read-your-writes latency) against fetch traffic.
+    #[arg(long, env = "TALLY_FETCH_WAIT_MAX_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub fetch_wait_max_ms: u64,
 }
 
 impl Config {
     pub fn commit_interval(&self) -> Duration {
         Duration::from_millis(self.commit_interval_ms)
+    }
+
+    pub fn limits(&self) -> crate::api::Limits {
+        crate::api::Limits {
+            max_wait: Duration::from_millis(self.max_wait_ms),
+            ready_max_lag: self.ready_max_lag,
+        }
     }
 
     pub fn session_timeout(&self) -> Duration {

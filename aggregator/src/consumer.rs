@@ -10,6 +10,14 @@
 //! partition and resumes from the stored offset; a record is therefore never applied twice and,
 //! since a batch may only advance over records it folded contiguously, never skipped.
 //!
+//! Because the compare-and-set is the guard, pending work is offered to it whenever a partition
+//! is given up, even when librdkafka reports the assignment as lost (e.g. after this process
+//! was paused past the session timeout): it commits if nobody moved the partition on, and is
+//! fenced ("commit fenced" in the log, `tally_partition_commits_total{outcome="fenced"}`)
+//! otherwise. After each successful commit the committed offsets are published on a watch
+//! channel ([`crate::progress`]) for read-your-writes, and the log end offsets librdkafka's
+//! statistics report give each owned partition's lag.
+//!
 //! The loop runs on a dedicated thread: librdkafka's rebalance callback runs inside `poll` on
 //! that same thread, so the applier's mutex is never contended by the callback, and SQLite's
 //! blocking calls never stall the async HTTP side.
@@ -17,9 +25,11 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rdkafka::statistics::Statistics;
+
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -29,17 +39,22 @@ use tally_pipeline::fold::Folded;
 use tally_pipeline::store::{OpenMode, Store};
 use tokio_util::sync::CancellationToken;
 
+use crate::instruments;
+use crate::progress::ProgressTx;
 use crate::Config;
 
 /// How long one `poll` may block; bounds the reaction time to stop and commit deadlines.
 const POLL: Duration = Duration::from_millis(20);
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often librdkafka reports statistics (the log end offsets behind the lag).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Ctx {
     topic: String,
     applier: Mutex<Applier>,
     /// An error the rebalance callback could not recover from; the loop exits with it.
     fatal: Mutex<Option<anyhow::Error>>,
+    progress: ProgressTx,
 }
 
 impl Ctx {
@@ -59,12 +74,114 @@ impl Ctx {
     fn fail(&self, e: anyhow::Error) {
         *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
     }
+
+    fn assigned(&self, starts: &[(i32, Option<i64>)]) {
+        self.progress.send_modify(|pr| {
+            pr.joined = true;
+            for &(p, start) in starts {
+                pr.owned.insert(p);
+                match start {
+                    Some(o) => pr.committed.insert(p, o),
+                    None => pr.committed.remove(&p),
+                };
+            }
+            instruments::owned(pr.owned.len());
+        });
+    }
+
+    fn given_up(&self, parts: &[i32]) {
+        self.progress.send_modify(|pr| {
+            for p in parts {
+                pr.owned.remove(p);
+                pr.committed.remove(p);
+                pr.log_end.remove(p);
+                instruments::lag(*p, 0);
+            }
+            instruments::owned(pr.owned.len());
+        });
+    }
+
+    /// Publishes committed offsets and refreshes the lag of the partitions they belong to.
+    fn publish(&self, committed: &[(i32, i64)]) {
+        if committed.is_empty() {
+            return;
+        }
+        self.progress.send_modify(|pr| {
+            for &(p, next) in committed {
+                if pr.owned.contains(&p) {
+                    pr.committed.insert(p, next);
+                    // The log reaches at least as far as what was committed from it (the
+                    // statistics' watermark may be older).
+                    if let Some(end) = pr.log_end.get_mut(&p) {
+                        *end = (*end).max(next);
+                    }
+                    if let Some(l) = pr.lag(p, Some(next)) {
+                        instruments::lag(p, l);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Records a log end offset seen for an owned partition; never moves it backwards.
+    fn log_end(&self, partition: i32, end: i64) {
+        self.progress.send_if_modified(|pr| {
+            if !pr.owned.contains(&partition) || pr.log_end.get(&partition) >= Some(&end) {
+                return false;
+            }
+            pr.log_end.insert(partition, end);
+            if let Some(l) = pr.lag(partition, pr.committed.get(&partition).copied()) {
+                instruments::lag(partition, l);
+            }
+            true
+        });
+    }
+
+    /// Commits pending work of every owned partition, then gives `parts` up. Fenced partitions
+    /// are logged and counted; their pending work is gone (the applier dropped it).
+    fn give_up(&self, parts: &[i32], why: &str) {
+        let started = Instant::now();
+        let result = self.applier().revoke(parts);
+        match result {
+            Ok(r) => {
+                instruments::committed(&r, started.elapsed());
+                for &(p, stored) in &r.fenced {
+                    tracing::warn!(partition = p, stored = ?stored, why, "commit fenced: another consumer advanced this partition; dropped pending work");
+                }
+                self.publish(&r.committed);
+                tracing::info!(?parts, committed = r.records, fenced = ?r.fenced, why, "partitions given up after a final commit");
+            }
+            Err(e) => {
+                instruments::commit_failed();
+                tracing::warn!(?parts, error = %e, why, "final commit failed, pending work dropped");
+            }
+        }
+        // revoke() forgets the partitions even when its commit failed.
+        self.applier().discard(parts);
+        self.given_up(parts);
+    }
 }
 
 impl ClientContext for Ctx {
+    /// The high watermark of each owned partition, as the fetcher last saw it.
+    fn stats(&self, stats: Statistics) {
+        let Some(topic) = stats.topics.get(&self.topic) else {
+            return;
+        };
+        for (p, part) in &topic.partitions {
+            // librdkafka reports -1 (or -1001) while it does not know the watermark.
+            if part.hi_offset >= 0 {
+                self.log_end(*p, part.hi_offset);
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // librdkafka reports reaching a partition's end through here as well; it is not an error.
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::debug!(reason, "partition end reached");
         } else {
             tracing::error!(%error, reason, "kafka client error");
@@ -99,25 +216,25 @@ impl ConsumerContext for Ctx {
                     }
                 }
                 tracing::info!(?starts, "partitions assigned, starting at stored offsets");
+                instruments::rebalance("assign");
+                self.assigned(&starts);
                 if let Err(e) = consumer.assign(tpl) {
                     self.fail(anyhow::Error::new(e).context("cannot assign partitions"));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 if consumer.assignment_lost() {
-                    tracing::warn!(?parts, "assignment lost, dropping pending work");
-                    self.applier().discard(&parts);
+                    // Another consumer may own them already: the compare-and-set decides
+                    // whether the pending work still applies.
+                    instruments::rebalance("lost");
+                    tracing::warn!(
+                        ?parts,
+                        "assignment lost, offering pending work to the compare-and-set"
+                    );
+                    self.give_up(&parts, "assignment lost");
                 } else {
-                    match self.applier().revoke(&parts) {
-                        Ok(r) => {
-                            tracing::info!(?parts, committed = r.records, fenced = ?r.fenced, "partitions revoked after final commit")
-                        }
-                        Err(e) => {
-                            tracing::warn!(?parts, error = %e, "commit on revoke failed, pending work dropped")
-                        }
-                    }
-                    // revoke() forgets the partitions even when its commit failed.
-                    self.applier().discard(&parts);
+                    instruments::rebalance("revoke");
+                    self.give_up(&parts, "revoked");
                 }
                 if let Err(e) = consumer.unassign() {
                     tracing::warn!(error = %e, "unassign failed");
@@ -125,7 +242,9 @@ impl ConsumerContext for Ctx {
             }
             other => {
                 tracing::error!(?other, "rebalance error, dropping assignment");
+                instruments::rebalance("error");
                 self.applier().discard(&parts);
+                self.given_up(&parts);
                 let _ = consumer.unassign();
             }
         }
@@ -133,7 +252,7 @@ impl ConsumerContext for Ctx {
 }
 
 /// Runs the consumer until `stop` is cancelled; commits pending work before returning.
-pub fn run(config: &Config, stop: CancellationToken) -> anyhow::Result<()> {
+pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> anyhow::Result<()> {
     let topic = config.kafka.topic.clone();
     let store = Store::open(&config.db, &topic, OpenMode::CreateIfMissing)
         .with_context(|| format!("cannot open database {}", config.db.display()))?;
@@ -141,10 +260,16 @@ pub fn run(config: &Config, stop: CancellationToken) -> anyhow::Result<()> {
         topic: topic.clone(),
         applier: Mutex::new(Applier::new(store)),
         fatal: Mutex::new(None),
+        progress,
     };
     let consumer: BaseConsumer<Ctx> = config
         .kafka
         .group_consumer(&config.group, config.session_timeout())
+        .set(
+            "statistics.interval.ms",
+            STATS_INTERVAL.as_millis().to_string(),
+        )
+        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
         .create_with_context(ctx)
         .context("cannot create the Kafka consumer")?;
     consumer
@@ -167,6 +292,9 @@ pub fn run(config: &Config, stop: CancellationToken) -> anyhow::Result<()> {
                         .applier()
                         .fold(p, offset, m.key(), m.payload());
                     drop(m);
+                    if let Ok(f) = &folded {
+                        instruments::folded(f);
+                    }
                     match folded {
                         Ok(Folded::Gap) => {
                             let pos = consumer.context().applier().position(p);
@@ -182,7 +310,12 @@ pub fn run(config: &Config, stop: CancellationToken) -> anyhow::Result<()> {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
-                    tracing::debug!(partition = p, "caught up")
+                    tracing::debug!(partition = p, "caught up");
+                    // At the partition's end the next offset to fold is the log end.
+                    let end = consumer.context().applier().position(p);
+                    if let Some(end) = end {
+                        consumer.context().log_end(p, end);
+                    }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => {}
@@ -208,16 +341,27 @@ pub fn run(config: &Config, stop: CancellationToken) -> anyhow::Result<()> {
         }
     }
     commit(&consumer, &topic);
+    // Leaving the group runs the revoke callback (a final commit through the compare-and-set)
+    // and tells the coordinator at once, so the partitions move without waiting for the session
+    // timeout. Closing the consumer on drop completes the leave.
     consumer.unsubscribe();
-    tracing::info!("consumer stopped");
+    let leave = Instant::now();
+    while consumer.assignment().is_ok_and(|a| a.count() > 0) && leave.elapsed() < SEEK_TIMEOUT {
+        let _ = consumer.poll(POLL);
+    }
+    drop(consumer);
+    tracing::info!("consumer stopped, group left");
     Ok(())
 }
 
 /// Commits pending work; returns false when the database refused it (kept for a retry).
 fn commit(consumer: &BaseConsumer<Ctx>, topic: &str) -> bool {
+    let started = Instant::now();
     let report = consumer.context().applier().commit();
     match report {
         Ok(r) => {
+            instruments::committed(&r, started.elapsed());
+            consumer.context().publish(&r.committed);
             for &(p, stored) in &r.fenced {
                 tracing::warn!(partition = p, stored = ?stored, "commit fenced: another consumer advanced this partition; dropped pending work, resuming from the stored offset");
                 seek(consumer, topic, p, stored);
@@ -228,6 +372,7 @@ fn commit(consumer: &BaseConsumer<Ctx>, topic: &str) -> bool {
             true
         }
         Err(e) => {
+            instruments::commit_failed();
             tracing::warn!(error = %e, "commit failed, pending work kept for a retry");
             false
         }

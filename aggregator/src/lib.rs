@@ -1,5 +1,7 @@
 //! The aggregator: a consumer-group member that folds its partitions into exact per-key sums
-//! in SQLite ([`consumer`]) and serves them over HTTP ([`api`]), with a status page ([`status`]).
+//! in SQLite ([`consumer`]) and serves them over HTTP ([`api`]), with a status page ([`status`]);
+//! the consumer tells the API what it committed and how far behind it is through [`progress`],
+//! and records metrics named in [`instruments`].
 //!
 //! What lives here: the group membership, commit cadence and the read API. What must not:
 //! the fold, the record format or SQL that changes sums (those are `tally_pipeline`'s, shared
@@ -8,6 +10,8 @@
 pub mod api;
 mod config;
 pub mod consumer;
+pub mod instruments;
+pub mod progress;
 pub mod status;
 
 use std::future::Future;
@@ -28,14 +32,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let reader = Store::open(&config.db, &config.kafka.topic, OpenMode::CreateIfMissing)
         .with_context(|| format!("cannot open database {}", config.db.display()))?;
     let stop = CancellationToken::new();
-    let (addr, server) = warp::serve(api::routes(api::Reader::new(reader)))
+    let metrics = instruments::install();
+    let (progress_tx, progress_rx) = progress::channel();
+    let api = api::Api::new(
+        api::Reader::new(reader),
+        progress_rx,
+        metrics,
+        config.limits(),
+    );
+    let (addr, server) = warp::serve(api::routes(api))
         .try_bind_with_graceful_shutdown(config.listen, stop.clone().cancelled_owned())
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(%addr, "aggregator API listening");
     let server = tokio::spawn(server);
     let mut consumer = tokio::task::spawn_blocking({
         let stop = stop.clone();
-        move || consumer::run(&config, stop)
+        move || consumer::run(&config, progress_tx, stop)
     });
     let result = tokio::select! {
         _ = shutdown => {

@@ -96,7 +96,15 @@ mod tests {
     use tally_pipeline::record::encode_value;
     use tally_pipeline::store::Store;
 
-    use crate::api::{routes, Reader};
+    use crate::api::Reader;
+    use warp::Filter;
+
+    /// The status routes behind the shared rejection handler, as the API mounts them.
+    fn routes(
+        reader: Reader,
+    ) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
+        super::routes(reader).recover(tally_http::recover)
+    }
 
     fn reader_with(keys: &[(&str, i64)]) -> Reader {
         let mut s = Store::in_memory("t").unwrap();

@@ -242,6 +242,50 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// How many records are quarantined for this topic.
+    pub fn rejected_count(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM rejected_records WHERE topic = ?1")?
+            .query_row([&self.topic], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Keys starting with `prefix`, in byte order, strictly after `after` when given, at most
+    /// `limit` of them, each with its sum over all partitions (added as [`Store::key_sum`] does).
+    pub fn list_sums(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>> {
+        // Keys compare as bytes (BINARY collation), so the keys with a prefix are one range
+        // starting at the prefix; the range scan stops at the first key without it.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key, sum FROM sums WHERE key >= ?1 AND (?2 IS NULL OR key > ?2)
+             ORDER BY key, partition",
+        )?;
+        let mut rows = stmt.query(params![prefix, after])?;
+        let mut out: Vec<(String, i128)> = Vec::new();
+        while let Some(row) = rows.next()? {
+            let key: String = row.get(0)?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let sum = row.get::<_, i64>(1)? as i128;
+            if let Some((_, total)) = out.last_mut().filter(|(k, _)| *k == key) {
+                *total += sum;
+            } else if out.len() == limit {
+                break;
+            } else {
+                out.push((key, sum));
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(k, t)| (k, t.clamp(i64::MIN as i128, i64::MAX as i128) as i64))
+            .collect())
+    }
+
     /// Applies pending batches in one transaction. For each partition the stored next offset
     /// must still equal the batch's `start` (compare-and-set); a partition where it does not is
     /// fenced and none of its rows are written, while the other partitions commit.
@@ -477,6 +521,34 @@ mod tests {
             s.top_keys(10).unwrap().last().unwrap(),
             &("neg".to_owned(), -9)
         );
+    }
+
+    #[test]
+    fn sums_are_listed_by_prefix_in_pages() {
+        let mut s = Store::in_memory("t").unwrap();
+        let b = batch(
+            &s,
+            0,
+            None,
+            &[
+                (0, "a:1", 1),
+                (1, "a:2", 2),
+                (2, "a:3", 3),
+                (3, "b:1", 4),
+                (4, "a", 5),
+            ],
+        );
+        s.apply([(0, &b)]).unwrap();
+        // The same key in another partition is added to the key's total.
+        let b = batch(&s, 1, None, &[(0, "a:2", 10)]);
+        s.apply([(1, &b)]).unwrap();
+        let page = s.list_sums("a:", None, 2).unwrap();
+        assert_eq!(page, vec![("a:1".into(), 1), ("a:2".into(), 12)]);
+        let page = s.list_sums("a:", Some("a:2"), 2).unwrap();
+        assert_eq!(page, vec![("a:3".into(), 3)]);
+        assert_eq!(s.list_sums("", None, 10).unwrap().len(), 5);
+        assert!(s.list_sums("c", None, 10).unwrap().is_empty());
+        assert_eq!(s.rejected_count().unwrap(), 0);
     }
 
     #[test]

@@ -1,0 +1,88 @@
+//! The aggregator's Prometheus metrics, recorded through the `metrics` facade and rendered by
+//! `metrics-exporter-prometheus` at `GET /metrics`. Names are listed here, in one place.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tally_pipeline::applier::CommitReport;
+use tally_pipeline::fold::Folded;
+
+/// Records folded, by outcome (`applied`, `rejected`, `duplicate`, `not_owned`, `gap`).
+pub const RECORDS_FOLDED: &str = "tally_records_folded_total";
+/// Records committed to SQLite (applied and quarantined).
+pub const RECORDS_COMMITTED: &str = "tally_records_committed_total";
+/// Records quarantined in `rejected_records` by a commit.
+pub const REJECTED: &str = "tally_rejected_records_total";
+/// Per-partition outcomes of commits: `committed`, or `fenced` (the compare-and-set failed
+/// because another consumer moved the partition on; the pending work was dropped).
+pub const PARTITION_COMMITS: &str = "tally_partition_commits_total";
+/// Commits (transactions) by result: `ok` or `error`.
+pub const COMMITS: &str = "tally_commits_total";
+pub const COMMIT_SECONDS: &str = "tally_commit_duration_seconds";
+/// Records per successful commit.
+pub const COMMIT_BATCH: &str = "tally_commit_batch_records";
+/// Lag per owned partition: log end as last seen minus committed next offset.
+pub const LAG: &str = "tally_partition_lag";
+/// Rebalance events, by kind (`assign`, `revoke`, `lost`, `error`).
+pub const REBALANCES: &str = "tally_rebalances_total";
+pub const OWNED: &str = "tally_owned_partitions";
+
+/// Installs the process-wide recorder (once) and returns the handle that renders it. A second
+/// call (tests running several aggregators in one process) gets a detached handle.
+pub fn install() -> PrometheusHandle {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::debug!("a metrics recorder is already installed");
+    }
+    handle
+}
+
+pub fn folded(f: &Folded) {
+    let outcome = match f {
+        Folded::Applied => "applied",
+        Folded::Rejected => "rejected",
+        Folded::Duplicate => "duplicate",
+        Folded::NotOwned => "not_owned",
+        Folded::Gap => "gap",
+    };
+    counter!(RECORDS_FOLDED, "outcome" => outcome).increment(1);
+}
+
+pub fn committed(r: &CommitReport, took: Duration) {
+    if r.committed.is_empty() && r.fenced.is_empty() {
+        return;
+    }
+    counter!(COMMITS, "result" => "ok").increment(1);
+    histogram!(COMMIT_SECONDS).record(took.as_secs_f64());
+    histogram!(COMMIT_BATCH).record(r.records as f64);
+    counter!(RECORDS_COMMITTED).increment(r.records);
+    counter!(REJECTED).increment(r.rejected);
+    for (p, _) in &r.committed {
+        counter!(PARTITION_COMMITS, "partition" => p.to_string(), "outcome" => "committed")
+            .increment(1);
+    }
+    for (p, _) in &r.fenced {
+        counter!(PARTITION_COMMITS, "partition" => p.to_string(), "outcome" => "fenced")
+            .increment(1);
+    }
+}
+
+pub fn commit_failed() {
+    counter!(COMMITS, "result" => "error").increment(1);
+}
+
+pub fn rebalance(kind: &'static str) {
+    counter!(REBALANCES, "kind" => kind).increment(1);
+}
+
+pub fn owned(n: usize) {
+    gauge!(OWNED).set(n as f64);
+}
+
+/// Sets an owned partition's lag; a partition given up is set to 0 so that the sum over
+/// instances stays the group's lag.
+pub fn lag(partition: i32, lag: i64) {
+    gauge!(LAG, "partition" => partition.to_string()).set(lag as f64);
+}
