@@ -61,6 +61,7 @@ impl ClientContext for Ctx {
 pub struct Appender {
     producer: FutureProducer<Ctx>,
     topic: String,
+    delivery_timeout: Duration,
 }
 
 impl Appender {
@@ -80,6 +81,7 @@ impl Appender {
         Ok(Appender {
             producer,
             topic: kafka.topic.clone(),
+            delivery_timeout,
         })
     }
 
@@ -125,8 +127,16 @@ impl Appender {
                 Err((e, _)) => return Err(unavailable(&e)),
             }
         }
-        let mut landed = Vec::with_capacity(pending.len());
-        for result in join_all(pending).await {
+        // librdkafka's own message timeout can fire seconds late (in-flight requests, timer
+        // scans); this deadline is the one a client can rely on.
+        let Ok(results) = tokio::time::timeout(self.delivery_timeout, join_all(pending)).await
+        else {
+            metrics::counter!(telemetry::BROKER_ERRORS, "code" => "broker_timeout").increment(1);
+            tracing::warn!(timeout = ?self.delivery_timeout, "no acknowledgement within the delivery timeout");
+            return Err(timed_out());
+        };
+        let mut landed = Vec::with_capacity(results.len());
+        for result in results {
             match result {
                 Ok(Ok(d)) => landed.push(Landed {
                     partition: d.partition,
@@ -177,14 +187,23 @@ impl Appender {
     }
 }
 
+const TIMED_OUT: &str =
+    "the broker did not acknowledge in time; the increment may or may not have been appended";
+
+fn timed_out() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "broker_timeout", TIMED_OUT).retry_after(1)
+}
+
 fn unavailable(e: &KafkaError) -> ApiError {
     let (code, message) = match e.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::QueueFull) => ("overloaded", "the producer queue is full".to_owned()),
-        Some(RDKafkaErrorCode::MessageTimedOut) => (
-            "broker_timeout",
-            "the broker did not acknowledge in time; the increment may or may not have been appended".to_owned(),
+        Some(RDKafkaErrorCode::QueueFull) => {
+            ("overloaded", "the producer queue is full".to_owned())
+        }
+        Some(RDKafkaErrorCode::MessageTimedOut) => ("broker_timeout", TIMED_OUT.to_owned()),
+        _ => (
+            "broker_unavailable",
+            format!("the broker did not accept the increment: {e}"),
         ),
-        _ => ("broker_unavailable", format!("the broker did not accept the increment: {e}")),
     };
     metrics::counter!(telemetry::BROKER_ERRORS, "code" => code).increment(1);
     tracing::warn!(error = %e, code, "append failed");
