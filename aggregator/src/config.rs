@@ -55,6 +55,15 @@ pub struct Config {
     #[arg(long, env = "TALLY_FETCH_WAIT_MAX_MS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub fetch_wait_max_ms: u64,
+    /// How long a spent idempotency key is remembered, in seconds: a retry carrying it within
+    /// this window is not counted again.
+    #[arg(long, env = "TALLY_IDEMPOTENCY_RETENTION_SECS", default_value_t = 24 * 60 * 60,
+          value_parser = clap::value_parser!(u64).range(1..=365 * 24 * 60 * 60))]
+    pub idempotency_retention_secs: u64,
+    /// Most idempotency keys remembered; the oldest beyond this are forgotten first.
+    #[arg(long, env = "TALLY_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idempotency_max_keys: u64,
 }
 
 impl Config {
@@ -71,5 +80,12 @@ impl Config {
 
     pub fn session_timeout(&self) -> Duration {
         Duration::from_millis(self.session_timeout_ms)
+    }
+
+    pub fn idempotency_retention(&self) -> tally_pipeline::store::IdempotencyRetention {
+        tally_pipeline::store::IdempotencyRetention {
+            max_age: Duration::from_secs(self.idempotency_retention_secs),
+            max_keys: self.idempotency_max_keys,
+        }
     }
 }

@@ -254,8 +254,9 @@ impl ConsumerContext for Ctx {
 /// Runs the consumer until `stop` is cancelled; commits pending work before returning.
 pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> anyhow::Result<()> {
     let topic = config.kafka.topic.clone();
-    let store = Store::open(&config.db, &topic, OpenMode::CreateIfMissing)
+    let mut store = Store::open(&config.db, &topic, OpenMode::CreateIfMissing)
         .with_context(|| format!("cannot open database {}", config.db.display()))?;
+    store.set_idempotency_retention(config.idempotency_retention());
     let ctx = Ctx {
         topic: topic.clone(),
         applier: Mutex::new(Applier::new(store)),
@@ -287,10 +288,13 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
             match consumer.poll(POLL) {
                 Some(Ok(m)) => {
                     let (p, offset) = (m.partition(), m.offset());
-                    let folded = consumer
-                        .context()
-                        .applier()
-                        .fold(p, offset, m.key(), m.payload());
+                    let folded = consumer.context().applier().fold(
+                        p,
+                        offset,
+                        m.key(),
+                        m.payload(),
+                        tally_pipeline::kafka::idempotency_key(&m),
+                    );
                     drop(m);
                     if let Ok(f) = &folded {
                         instruments::folded(f);

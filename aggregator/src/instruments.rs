@@ -44,6 +44,7 @@ pub fn folded(f: &Folded) {
         Folded::Applied => "applied",
         Folded::Rejected => "rejected",
         Folded::Duplicate => "duplicate",
+        Folded::DuplicateKey => "duplicate_idempotency_key",
         Folded::NotOwned => "not_owned",
         Folded::Gap => "gap",
     };

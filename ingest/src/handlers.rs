@@ -9,12 +9,47 @@ use tally_http::{json, ApiError};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use crate::parse::{parse_form, parse_json, parse_ndjson, JsonBody};
-use crate::producer::{Appender, Landed};
+use crate::parse::{parse_form, parse_json, parse_ndjson, Increment, JsonBody};
+use crate::producer::{Appender, Idempotency, Landed};
 
 pub struct State {
     pub appender: Appender,
     pub max_batch: usize,
+    /// Longest counter key accepted (at most the record format's 256 bytes).
+    pub max_key_bytes: usize,
+}
+
+/// Longest `Idempotency-Key` accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+
+/// Checks an `Idempotency-Key` header: 1 to 128 printable ASCII characters.
+pub fn validate_idempotency_key(key: &[u8]) -> Result<&str, ApiError> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_BYTES
+        || !key.iter().all(|b| (0x20..=0x7e).contains(b))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!(
+                "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} printable ascii characters"
+            ),
+        ));
+    }
+    Ok(std::str::from_utf8(key).expect("printable ascii is utf-8"))
+}
+
+/// Applies the configured key limit, which may be below the record format's.
+fn check_keys(incs: &[Increment], max: usize) -> Result<(), ApiError> {
+    match incs.iter().position(|i| i.key.len() > max) {
+        Some(i) => Err(ApiError::bad_request(
+            "key_too_long",
+            format!(
+                "item {i}: key is {} bytes; at most {max} are allowed",
+                incs[i].key.len()
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -59,6 +94,7 @@ struct Batch {
 pub async fn increment(
     query: String,
     content_type: Option<String>,
+    idempotency_key: Option<String>,
     body: Bytes,
     state: Arc<State>,
 ) -> Result<Response, ApiError> {
@@ -66,7 +102,18 @@ pub async fn increment(
         return Err(unsupported(essence(&content_type).as_deref(), FORM));
     }
     let inc = parse_form(&[query.as_bytes(), &body])?;
-    let landed = state.appender.append(std::slice::from_ref(&inc)).await?;
+    append_one(&state, inc, idempotency_key.as_deref()).await
+}
+
+async fn append_one(
+    state: &State,
+    inc: Increment,
+    idempotency_key: Option<&str>,
+) -> Result<Response, ApiError> {
+    let incs = std::slice::from_ref(&inc);
+    check_keys(incs, state.max_key_bytes)?;
+    let ik = idempotency_key.map_or(Idempotency::None, Idempotency::One);
+    let landed = state.appender.append(incs, ik).await?;
     Ok(one(landed[0]))
 }
 
@@ -83,15 +130,13 @@ fn one(l: Landed) -> Response {
 /// `POST /increments`: one JSON object, a JSON array of them, or NDJSON lines.
 pub async fn increments(
     content_type: Option<String>,
+    idempotency_key: Option<String>,
     body: Bytes,
     state: Arc<State>,
 ) -> Result<Response, ApiError> {
     let incs = match essence(&content_type).as_deref() {
         Some(JSON) => match parse_json(&body, state.max_batch)? {
-            JsonBody::One(inc) => {
-                let landed = state.appender.append(std::slice::from_ref(&inc)).await?;
-                return Ok(one(landed[0]));
-            }
+            JsonBody::One(inc) => return append_one(&state, inc, idempotency_key.as_deref()).await,
             JsonBody::Many(incs) => incs,
         },
         Some(NDJSON) => parse_ndjson(&body, state.max_batch)?,
@@ -102,7 +147,11 @@ pub async fn increments(
             ))
         }
     };
-    let landed = state.appender.append(&incs).await?;
+    check_keys(&incs, state.max_key_bytes)?;
+    let ik = idempotency_key
+        .as_deref()
+        .map_or(Idempotency::None, Idempotency::Batch);
+    let landed = state.appender.append(&incs, ik).await?;
     let mut offsets = BTreeMap::new();
     for l in &landed {
         let max = offsets.entry(l.partition.to_string()).or_insert(l.offset);

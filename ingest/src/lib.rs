@@ -2,14 +2,16 @@
 //! topic keyed by its key ([`producer`]) and answers 200 only after the broker acknowledged
 //! (acks=all, idempotent producer), with the record's partition and offset.
 //!
-//! What lives here: routes, validation, the producer. What must not: the record encoding
-//! (`tally_pipeline::record`), or anything that reads sums.
+//! What lives here: routes and their guards, validation, the producer, metrics, the server.
+//! What must not: the record encoding (`tally_pipeline::record`), or anything that reads sums.
 
 pub mod config;
 pub mod handlers;
 pub mod parse;
 pub mod producer;
 pub mod routes;
+pub mod server;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,26 +22,51 @@ use anyhow::Context as _;
 pub use config::Config;
 
 /// Runs ingest until `shutdown` resolves: then it stops accepting, lets in-flight requests
-/// finish (each still waits for its acknowledgement) and flushes the producer.
+/// finish (each still waits for its acknowledgement) for at most the shutdown grace, and
+/// flushes the producer for at most the delivery timeout.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    telemetry::handle();
     config.kafka.ensure_topic().await?;
-    let appender = producer::Appender::new(&config.kafka, config.delivery_timeout())?;
+    let appender = producer::Appender::new(
+        &config.kafka,
+        config.delivery_timeout(),
+        config.max_queued_records,
+    )?;
     let state = Arc::new(handlers::State {
         appender,
         max_batch: config.max_batch as usize,
+        max_key_bytes: config.max_key_bytes as usize,
     });
-    let (addr, server) = warp::serve(routes::routes(state.clone(), config.max_body_bytes))
-        .try_bind_with_graceful_shutdown(config.listen, shutdown)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(%addr, topic = %config.kafka.topic, "ingest listening");
-    server.await;
-    let flush = config.delivery_timeout() + Duration::from_secs(1);
-    tokio::task::spawn_blocking(move || state.appender.flush(flush))
+    let guards = Arc::new(routes::Guards::new(
+        &config.auth_token,
+        config.rate_limit_per_second,
+        config.rate_limit_burst,
+        config.max_in_flight as usize,
+        config.max_body_bytes,
+        Duration::from_millis(config.body_read_timeout_ms),
+    ));
+    let upkeep = tokio::spawn({
+        let guards = guards.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                telemetry::handle().run_upkeep();
+                guards.forget_idle_clients();
+            }
+        }
+    });
+    let served = server::serve(&config, state.clone(), guards, shutdown).await;
+    upkeep.abort();
+    let flush = config.delivery_timeout();
+    let flushed = tokio::task::spawn_blocking(move || state.appender.flush(flush))
         .await
-        .context("flush task panicked")??;
+        .context("flush task panicked")?;
+    served?;
+    flushed?;
     tracing::info!("ingest stopped");
     Ok(())
 }

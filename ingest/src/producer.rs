@@ -1,18 +1,24 @@
 //! The append side: one idempotent, acks=all producer, and `append`, which resolves only when
-//! the broker acknowledged every record of a request.
+//! the broker acknowledged every record of a request. The producer's queue is bounded
+//! (`queue.buffering.max.messages`): a full queue fails a request at once with 503, and a
+//! record the broker does not acknowledge within the delivery timeout (`message.timeout.ms`)
+//! fails it with 503 then, so no request waits without bound.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientContext;
 use tally_http::ApiError;
 use tally_pipeline::kafka::KafkaArgs;
-use tally_pipeline::record::encode_value;
+use tally_pipeline::record::{encode_value, IDEMPOTENCY_HEADER};
 use warp::http::StatusCode;
 
 use crate::parse::Increment;
+use crate::telemetry;
 
 /// Where an acknowledged record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,40 +27,116 @@ pub struct Landed {
     pub offset: i64,
 }
 
+/// The idempotency key of a request, and how it becomes each record's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency<'a> {
+    None,
+    /// A single increment: its record carries the key as is.
+    One(&'a str),
+    /// A batch: record `i` carries `KEY#i`.
+    Batch(&'a str),
+}
+
+impl Idempotency<'_> {
+    /// The header value of record `index`.
+    pub fn record_key(&self, index: usize) -> Option<String> {
+        match self {
+            Idempotency::None => None,
+            Idempotency::One(k) => Some((*k).to_owned()),
+            Idempotency::Batch(k) => Some(format!("{k}#{index}")),
+        }
+    }
+}
+
+/// Counts and logs the errors librdkafka reports outside any request (lost connections...).
+pub struct Ctx;
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        metrics::counter!(telemetry::CLIENT_ERRORS).increment(1);
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
 pub struct Appender {
-    producer: FutureProducer,
+    producer: FutureProducer<Ctx>,
     topic: String,
+    delivery_timeout: Duration,
 }
 
 impl Appender {
-    pub fn new(kafka: &KafkaArgs, delivery_timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        kafka: &KafkaArgs,
+        delivery_timeout: Duration,
+        max_queued_records: u64,
+    ) -> anyhow::Result<Self> {
         let producer = kafka
             .producer(delivery_timeout)
-            .create()
+            .set(
+                "queue.buffering.max.messages",
+                max_queued_records.to_string(),
+            )
+            .create_with_context(Ctx)
             .context("cannot create the Kafka producer")?;
         Ok(Appender {
             producer,
             topic: kafka.topic.clone(),
+            delivery_timeout,
         })
     }
 
     /// Appends the increments, each keyed by its key, and waits for every acknowledgement.
     /// An error means the request as a whole failed; records already enqueued may still land
     /// (a client that retries should send an idempotency key).
-    pub async fn append(&self, incs: &[Increment]) -> Result<Vec<Landed>, ApiError> {
+    pub async fn append(
+        &self,
+        incs: &[Increment],
+        idempotency: Idempotency<'_>,
+    ) -> Result<Vec<Landed>, ApiError> {
+        let started = Instant::now();
+        let result = self.append_inner(incs, idempotency).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::histogram!(telemetry::PRODUCE_SECONDS, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        if let Ok(landed) = &result {
+            metrics::counter!(telemetry::ACCEPTED).increment(landed.len() as u64);
+        }
+        result
+    }
+
+    async fn append_inner(
+        &self,
+        incs: &[Increment],
+        idempotency: Idempotency<'_>,
+    ) -> Result<Vec<Landed>, ApiError> {
         let mut pending = Vec::with_capacity(incs.len());
-        for inc in incs {
+        for (i, inc) in incs.iter().enumerate() {
             let value = encode_value(inc.value);
-            let record = FutureRecord::to(&self.topic)
+            let ik = idempotency.record_key(i);
+            let mut record = FutureRecord::to(&self.topic)
                 .key(inc.key.as_bytes())
                 .payload(&value);
+            if let Some(ik) = &ik {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: IDEMPOTENCY_HEADER,
+                    value: Some(ik.as_bytes()),
+                }));
+            }
             match self.producer.send_result(record) {
                 Ok(delivery) => pending.push(delivery),
                 Err((e, _)) => return Err(unavailable(&e)),
             }
         }
-        let mut landed = Vec::with_capacity(pending.len());
-        for result in join_all(pending).await {
+        // librdkafka's own message timeout can fire seconds late (in-flight requests, timer
+        // scans); this deadline is the one a client can rely on.
+        let Ok(results) = tokio::time::timeout(self.delivery_timeout, join_all(pending)).await
+        else {
+            metrics::counter!(telemetry::BROKER_ERRORS, "code" => "broker_timeout").increment(1);
+            tracing::warn!(timeout = ?self.delivery_timeout, "no acknowledgement within the delivery timeout");
+            return Err(timed_out());
+        };
+        let mut landed = Vec::with_capacity(results.len());
+        for result in results {
             match result {
                 Ok(Ok(d)) => landed.push(Landed {
                     partition: d.partition,
@@ -74,6 +156,29 @@ impl Appender {
         Ok(landed)
     }
 
+    /// Records enqueued and not yet acknowledged or failed.
+    pub fn queue_depth(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// True when the broker answered a metadata request for the topic within `timeout` and
+    /// the topic has partitions. Blocking: call it off the async threads.
+    pub fn has_metadata(&self, timeout: Duration) -> bool {
+        match self
+            .producer
+            .client()
+            .fetch_metadata(Some(&self.topic), timeout)
+        {
+            Ok(md) => md.topics().iter().any(|t| {
+                t.name() == self.topic && t.error().is_none() && !t.partitions().is_empty()
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "metadata request failed");
+                false
+            }
+        }
+    }
+
     /// Waits for everything enqueued to be delivered (or to fail), at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
         self.producer
@@ -82,15 +187,40 @@ impl Appender {
     }
 }
 
+const TIMED_OUT: &str =
+    "the broker did not acknowledge in time; the increment may or may not have been appended";
+
+fn timed_out() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "broker_timeout", TIMED_OUT).retry_after(1)
+}
+
 fn unavailable(e: &KafkaError) -> ApiError {
     let (code, message) = match e.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::QueueFull) => ("overloaded", "the producer queue is full".to_owned()),
-        Some(RDKafkaErrorCode::MessageTimedOut) => (
-            "broker_timeout",
-            "the broker did not acknowledge in time; the increment may or may not have been appended".to_owned(),
+        Some(RDKafkaErrorCode::QueueFull) => {
+            ("overloaded", "the producer queue is full".to_owned())
+        }
+        Some(RDKafkaErrorCode::MessageTimedOut) => ("broker_timeout", TIMED_OUT.to_owned()),
+        _ => (
+            "broker_unavailable",
+            format!("the broker did not accept the increment: {e}"),
         ),
-        _ => ("broker_unavailable", format!("the broker did not accept the increment: {e}")),
     };
+    metrics::counter!(telemetry::BROKER_ERRORS, "code" => code).increment(1);
     tracing::warn!(error = %e, code, "append failed");
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_records_get_indexed_keys() {
+        assert_eq!(Idempotency::None.record_key(0), None);
+        assert_eq!(Idempotency::One("r1").record_key(0).as_deref(), Some("r1"));
+        assert_eq!(
+            Idempotency::Batch("r1").record_key(3).as_deref(),
+            Some("r1#3")
+        );
+    }
 }

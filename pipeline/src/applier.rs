@@ -89,18 +89,28 @@ impl Applier {
         self.owned.values().map(PartitionBatch::records).sum()
     }
 
+    /// Folds one record of an owned partition; `idempotency_key` is the record's
+    /// [`crate::record::IDEMPOTENCY_HEADER`] header, if any.
     pub fn fold(
         &mut self,
         partition: i32,
         offset: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
+        idempotency_key: Option<&[u8]>,
     ) -> Result<Folded> {
         let Some(batch) = self.owned.get_mut(&partition) else {
             return Ok(Folded::NotOwned);
         };
         let store = &self.store;
-        batch.fold(offset, key, value, |k| store.partition_sum(partition, k))
+        batch.fold_keyed(
+            offset,
+            key,
+            value,
+            idempotency_key,
+            |k| store.partition_sum(partition, k),
+            |ik| store.idempotency_key_seen(partition, ik),
+        )
     }
 
     /// Commits every owned partition's pending work in one transaction. On an error nothing
@@ -139,7 +149,7 @@ mod tests {
 
     fn fold_n(a: &mut Applier, p: i32, from: i64, n: i64, key: &str) {
         for off in from..from + n {
-            a.fold(p, off, Some(key.as_bytes()), Some(&encode_value(1)))
+            a.fold(p, off, Some(key.as_bytes()), Some(&encode_value(1)), None)
                 .unwrap();
         }
     }
@@ -177,6 +187,40 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_committed_by_another_applier_is_not_counted_again() {
+        // Two processes on one file: the original lands through one, the retry is folded by the
+        // next owner of the partition after a rebalance.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let open = || Store::open(&path, "t", crate::store::OpenMode::CreateIfMissing).unwrap();
+        let mut first = Applier::new(open());
+        first.assign(&[2]).unwrap();
+        let one = encode_value(1);
+        assert_eq!(
+            first
+                .fold(2, 0, Some(b"k"), Some(&one), Some(b"req"))
+                .unwrap(),
+            Folded::Applied
+        );
+        first.revoke(&[2]).unwrap();
+        let mut next = Applier::new(open());
+        next.assign(&[2]).unwrap();
+        assert_eq!(
+            next.fold(2, 1, Some(b"k"), Some(&one), Some(b"req"))
+                .unwrap(),
+            Folded::DuplicateKey
+        );
+        assert_eq!(
+            next.fold(2, 2, Some(b"k"), Some(&one), Some(b"other"))
+                .unwrap(),
+            Folded::Applied
+        );
+        let report = next.commit().unwrap();
+        assert_eq!((report.records, report.committed), (2, vec![(2, 3)]));
+        assert_eq!(next.store().key_sum("k").unwrap(), Some(2));
+    }
+
+    #[test]
     fn revoke_commits_and_discard_drops() {
         let mut a = Applier::new(Store::in_memory("t").unwrap());
         a.assign(&[0, 1]).unwrap();
@@ -191,7 +235,8 @@ mod tests {
         a.discard(&[1]);
         assert_eq!(a.pending_records(), 0);
         assert_eq!(
-            a.fold(1, 6, Some(b"y"), Some(&encode_value(1))).unwrap(),
+            a.fold(1, 6, Some(b"y"), Some(&encode_value(1)), None)
+                .unwrap(),
             Folded::NotOwned
         );
         assert_eq!(a.store().key_sum("y").unwrap(), Some(3));

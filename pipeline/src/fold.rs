@@ -1,6 +1,11 @@
 //! The pure fold of one partition's records into pending per-key sums. No IO happens here: the
 //! current stored sum of a key is asked for through a closure the caller provides, once per key
 //! per batch, so that overflow can be judged record by record in log order.
+//!
+//! Idempotency: a record may carry a client's idempotency key. The first record of a partition
+//! that carries a key spends it; a later record with the same key (a client's retry, or a
+//! concurrent duplicate) is [`Folded::DuplicateKey`]: its offset is passed, its delta is not
+//! added. Whether the store already saw a key is asked through a second closure.
 
 use std::collections::HashMap;
 
@@ -24,6 +29,9 @@ pub enum Folded {
     Rejected,
     /// The record lies before the batch's next offset (a redelivery) and was ignored.
     Duplicate,
+    /// The record carries an idempotency key already spent (in this batch or in the store): the
+    /// offset advances, the sum does not change.
+    DuplicateKey,
     /// The record's partition is not owned (any more); it was ignored.
     NotOwned,
     /// The record lies after the batch's next offset: records in between were not seen. It was
@@ -44,6 +52,10 @@ pub struct PartitionBatch {
     pub rejected: Vec<Rejected>,
     /// Records applied (not rejected, not duplicates).
     pub applied: u64,
+    /// Idempotency keys spent by this batch, each with the offset of the record that spent it.
+    pub idempotency_keys: HashMap<Vec<u8>, i64>,
+    /// Records passed over because their idempotency key was already spent.
+    pub duplicate_keys: u64,
 }
 
 impl PartitionBatch {
@@ -54,6 +66,8 @@ impl PartitionBatch {
             sums: HashMap::new(),
             rejected: Vec::new(),
             applied: 0,
+            idempotency_keys: HashMap::new(),
+            duplicate_keys: 0,
         }
     }
 
@@ -62,19 +76,36 @@ impl PartitionBatch {
         self.next == self.start
     }
 
-    /// Records folded (applied or rejected) into this batch.
+    /// Records folded (applied, rejected or passed over as duplicate keys) into this batch.
     pub fn records(&self) -> u64 {
-        self.applied + self.rejected.len() as u64
+        self.applied + self.rejected.len() as u64 + self.duplicate_keys
     }
 
-    /// Folds one record. `stored_sum` returns the key's sum as stored in the database for this
-    /// partition; it is called at most once per key per batch.
+    /// Folds one record without an idempotency key. `stored_sum` returns the key's sum as
+    /// stored in the database for this partition; it is called at most once per key per batch.
     pub fn fold<E>(
         &mut self,
         offset: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         stored_sum: impl FnOnce(&str) -> Result<i64, E>,
+    ) -> Result<Folded, E> {
+        self.fold_keyed(offset, key, value, None, stored_sum, |_| Ok(false))
+    }
+
+    /// Folds one record that may carry an idempotency key. `key_seen` says whether the store
+    /// already holds the idempotency key for this partition (within its retention); it is only
+    /// asked for keys this batch has not spent itself. A record that does not decode is
+    /// quarantined and spends no key; a record that decodes spends its key whether it applies
+    /// or overflows.
+    pub fn fold_keyed<E>(
+        &mut self,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        idempotency_key: Option<&[u8]>,
+        stored_sum: impl FnOnce(&str) -> Result<i64, E>,
+        key_seen: impl FnOnce(&[u8]) -> Result<bool, E>,
     ) -> Result<Folded, E> {
         match self.next {
             Some(next) if offset < next => return Ok(Folded::Duplicate),
@@ -90,12 +121,22 @@ impl PartitionBatch {
                 return Ok(Folded::Rejected);
             }
         };
-        // The only fallible step comes before any change, so an error leaves the batch as it was.
+        // The fallible steps come before any change, so an error leaves the batch as it was.
+        if let Some(ik) = idempotency_key {
+            if self.idempotency_keys.contains_key(ik) || key_seen(ik)? {
+                self.next = Some(offset + 1);
+                self.duplicate_keys += 1;
+                return Ok(Folded::DuplicateKey);
+            }
+        }
         let current = match self.sums.get(key_str) {
             Some(sum) => *sum,
             None => stored_sum(key_str)?,
         };
         self.next = Some(offset + 1);
+        if let Some(ik) = idempotency_key {
+            self.idempotency_keys.insert(ik.to_vec(), offset);
+        }
         match current.checked_add(delta) {
             Some(sum) => {
                 self.sums.insert(key_str.to_owned(), sum);
@@ -249,6 +290,81 @@ mod tests {
         assert!(b.rejected[0].reason.starts_with("unknown_version"));
         assert!(b.rejected[1].reason.starts_with("missing_key"));
         assert_eq!(b.records(), 2);
+    }
+
+    fn keyed(
+        b: &mut PartitionBatch,
+        off: i64,
+        delta: i64,
+        ik: Option<&[u8]>,
+        stored_keys: &[&[u8]],
+    ) -> Folded {
+        b.fold_keyed(
+            off,
+            Some(b"k"),
+            Some(&encode_value(delta)),
+            ik,
+            |_| Ok::<_, Infallible>(0),
+            |k| Ok(stored_keys.contains(&k)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_spent_idempotency_key_passes_the_offset_but_not_the_sum() {
+        let mut b = PartitionBatch::new(Some(0));
+        assert_eq!(keyed(&mut b, 0, 5, Some(b"req-1"), &[]), Folded::Applied);
+        // Same key later in the batch (a retry, or a concurrent duplicate): passed over.
+        assert_eq!(
+            keyed(&mut b, 1, 5, Some(b"req-1"), &[]),
+            Folded::DuplicateKey
+        );
+        // A different key counts separately; no key always counts.
+        assert_eq!(keyed(&mut b, 2, 7, Some(b"req-2"), &[]), Folded::Applied);
+        assert_eq!(keyed(&mut b, 3, 1, None, &[]), Folded::Applied);
+        assert_eq!(keyed(&mut b, 4, 1, None, &[]), Folded::Applied);
+        // A key the store already holds (spent by an earlier, committed batch).
+        assert_eq!(
+            keyed(&mut b, 5, 100, Some(b"old"), &[b"old"]),
+            Folded::DuplicateKey
+        );
+        assert_eq!(b.sums["k"], 14);
+        assert_eq!(b.next, Some(6));
+        assert_eq!((b.applied, b.duplicate_keys, b.records()), (4, 2, 6));
+        assert_eq!(
+            b.idempotency_keys,
+            HashMap::from([(b"req-1".to_vec(), 0), (b"req-2".to_vec(), 2)])
+        );
+        // A redelivered offset is a plain duplicate, whatever its key.
+        assert_eq!(keyed(&mut b, 1, 5, Some(b"new"), &[]), Folded::Duplicate);
+    }
+
+    #[test]
+    fn undecodable_records_do_not_spend_their_key_and_errors_change_nothing() {
+        let mut b = PartitionBatch::new(Some(0));
+        let r = b.fold_keyed(
+            0,
+            Some(b"k"),
+            Some(b"junk"),
+            Some(b"ik"),
+            |_| Ok::<_, Infallible>(0),
+            |_| Ok(false),
+        );
+        assert_eq!(r, Ok(Folded::Rejected));
+        assert!(b.idempotency_keys.is_empty());
+        assert_eq!(keyed(&mut b, 1, 3, Some(b"ik"), &[]), Folded::Applied);
+
+        let r = b.fold_keyed(
+            2,
+            Some(b"k"),
+            Some(&encode_value(1)),
+            Some(b"other"),
+            |_| Ok(0),
+            |_| Err("disk"),
+        );
+        assert_eq!(r, Err("disk"));
+        assert_eq!(b.next, Some(2), "a failed fold must not advance the offset");
+        assert_eq!(b.sums["k"], 3);
     }
 
     #[test]

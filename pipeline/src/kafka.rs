@@ -125,6 +125,15 @@ impl KafkaArgs {
     }
 }
 
+/// The value of a record's idempotency header ([`crate::record::IDEMPOTENCY_HEADER`]), if any.
+pub fn idempotency_key<M: rdkafka::message::Message>(m: &M) -> Option<&[u8]> {
+    use rdkafka::message::Headers as _;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == crate::record::IDEMPOTENCY_HEADER)?
+        .value
+}
+
 /// Ids of the topic's partitions, from broker metadata.
 pub fn partitions_of<C: rdkafka::consumer::Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
     consumer: &C,

@@ -4,17 +4,52 @@
 //!
 //! Opening sets WAL mode and `synchronous=FULL` (a committed batch survives power loss), and a
 //! busy timeout so that several aggregator processes can share one file.
+//!
+//! Idempotency keys spent by applied records are stored per partition in the same transaction
+//! as the sums (`idempotency_keys`), and kept for a bounded time and row count
+//! ([`IdempotencyRetention`]); a key older than the retention no longer counts as seen.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::fold::PartitionBatch;
 
 /// Migrations, in order; the schema version is the number applied (`PRAGMA user_version`).
-const MIGRATIONS: &[&str] = &[include_str!("store/001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("store/001_initial.sql"),
+    include_str!("store/002_idempotency.sql"),
+];
+
+/// How often `apply` prunes old idempotency keys (pruning is also callable directly).
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// How long, and how many, spent idempotency keys are remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyRetention {
+    /// A key spent longer ago than this no longer counts as seen, and is pruned.
+    pub max_age: Duration,
+    /// At most this many keys are kept; the oldest beyond it are pruned.
+    pub max_keys: u64,
+}
+
+impl Default for IdempotencyRetention {
+    fn default() -> Self {
+        IdempotencyRetention {
+            max_age: Duration::from_secs(24 * 60 * 60),
+            max_keys: 1_000_000,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the clock of `idempotency_keys.seen_at`.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 /// How long a writer waits for another process's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,6 +119,8 @@ pub enum OpenMode {
 pub struct Store {
     conn: Connection,
     topic: String,
+    retention: IdempotencyRetention,
+    last_prune: Option<Instant>,
 }
 
 impl Store {
@@ -121,7 +158,67 @@ impl Store {
         Ok(Store {
             conn,
             topic: topic.to_owned(),
+            retention: IdempotencyRetention::default(),
+            last_prune: None,
         })
+    }
+
+    /// Sets how long and how many spent idempotency keys are remembered.
+    pub fn set_idempotency_retention(&mut self, retention: IdempotencyRetention) {
+        self.retention = retention;
+    }
+
+    /// True when a record of `partition` spent `key` within the retention window.
+    pub fn idempotency_key_seen(&self, partition: i32, key: &[u8]) -> Result<bool> {
+        let oldest = now_ms() - self.retention.max_age.as_millis() as i64;
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM idempotency_keys
+                 WHERE topic = ?1 AND partition = ?2 AND key = ?3 AND seen_at >= ?4",
+            )?
+            .query_row(params![self.topic, partition, key, oldest], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Deletes idempotency keys older than the retention window as of `now` (Unix ms), then the
+    /// oldest keys beyond the row cap. Returns the rows deleted.
+    pub fn prune_idempotency_keys(&mut self, now: i64) -> Result<usize> {
+        let oldest = now - self.retention.max_age.as_millis() as i64;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut deleted = tx.execute(
+            "DELETE FROM idempotency_keys WHERE topic = ?1 AND seen_at < ?2",
+            params![self.topic, oldest],
+        )?;
+        let count: i64 = tx.query_row(
+            "SELECT count(*) FROM idempotency_keys WHERE topic = ?1",
+            [&self.topic],
+            |r| r.get(0),
+        )?;
+        let excess = count - self.retention.max_keys.min(i64::MAX as u64) as i64;
+        if excess > 0 {
+            deleted += tx.execute(
+                "DELETE FROM idempotency_keys WHERE (topic, partition, key) IN (
+                     SELECT topic, partition, key FROM idempotency_keys WHERE topic = ?1
+                     ORDER BY seen_at, partition, \"offset\" LIMIT ?2)",
+                params![self.topic, excess],
+            )?;
+        }
+        tx.commit()?;
+        self.last_prune = Some(Instant::now());
+        Ok(deleted)
+    }
+
+    /// Spent idempotency keys stored, over all partitions.
+    pub fn idempotency_key_count(&self) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM idempotency_keys WHERE topic = ?1",
+            [&self.topic],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     pub fn topic(&self) -> &str {
@@ -289,7 +386,8 @@ impl Store {
     /// Applies pending batches in one transaction. For each partition the stored next offset
     /// must still equal the batch's `start` (compare-and-set); a partition where it does not is
     /// fenced and none of its rows are written, while the other partitions commit.
-    /// Empty batches are skipped.
+    /// Empty batches are skipped. Idempotency keys the batches spent are stored with their
+    /// partition's rows; every [`PRUNE_EVERY`] old keys are pruned after the commit.
     pub fn apply<'a>(
         &mut self,
         batches: impl IntoIterator<Item = (i32, &'a PartitionBatch)>,
@@ -298,6 +396,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = Applied::default();
+        let now = now_ms();
         {
             let mut cas_update = tx.prepare_cached(
                 "UPDATE offsets SET next_offset = ?1
@@ -318,6 +417,12 @@ impl Store {
                 "INSERT OR IGNORE INTO rejected_records
                  (topic, partition, \"offset\", reason, key, value)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut spend = tx.prepare_cached(
+                "INSERT INTO idempotency_keys (topic, partition, key, \"offset\", seen_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (topic, partition, key)
+                 DO UPDATE SET \"offset\" = excluded.\"offset\", seen_at = excluded.seen_at",
             )?;
             for (partition, batch) in batches {
                 let Some(next) = batch.next.filter(|_| !batch.is_empty()) else {
@@ -347,10 +452,17 @@ impl Store {
                         self.topic, partition, r.offset, r.reason, r.key, r.value
                     ])?;
                 }
+                // A key stored but expired may be spent again: the upsert renews it.
+                for (key, offset) in &batch.idempotency_keys {
+                    spend.execute(params![self.topic, partition, key, offset, now])?;
+                }
                 out.committed.push((partition, next));
             }
         }
         tx.commit()?;
+        if !matches!(self.last_prune, Some(t) if t.elapsed() < PRUNE_EVERY) {
+            self.prune_idempotency_keys(now)?;
+        }
         Ok(out)
     }
 
@@ -488,6 +600,102 @@ mod tests {
         assert_eq!(rows[0].value.as_deref(), Some(&b"\xffjunk"[..]));
         assert_eq!(s.stored_offset(3).unwrap(), Some(2));
         assert_eq!(s.key_sum("k").unwrap(), Some(4));
+    }
+
+    fn keyed_batch(
+        store: &Store,
+        partition: i32,
+        start: Option<i64>,
+        recs: &[(i64, i64, &str)],
+    ) -> PartitionBatch {
+        let mut b = PartitionBatch::new(start);
+        for &(off, delta, ik) in recs {
+            b.fold_keyed(
+                off,
+                Some(b"k"),
+                Some(&encode_value(delta)),
+                Some(ik.as_bytes()),
+                |k| store.partition_sum(partition, k),
+                |ik| store.idempotency_key_seen(partition, ik),
+            )
+            .unwrap();
+        }
+        b
+    }
+
+    #[test]
+    fn idempotency_keys_are_spent_with_the_sums_and_survive_commits() {
+        let mut s = Store::in_memory("t").unwrap();
+        let b = keyed_batch(&s, 0, None, &[(0, 5, "a"), (1, 5, "a"), (2, 7, "b")]);
+        s.apply([(0, &b)]).unwrap();
+        assert_eq!(s.key_sum("k").unwrap(), Some(12));
+        assert!(s.idempotency_key_seen(0, b"a").unwrap());
+        assert!(
+            !s.idempotency_key_seen(1, b"a").unwrap(),
+            "keys are per partition"
+        );
+        // A retry in a later batch, after the first was committed: passed over.
+        let b = keyed_batch(&s, 0, Some(3), &[(3, 5, "a"), (4, 1, "c")]);
+        assert_eq!(b.duplicate_keys, 1);
+        s.apply([(0, &b)]).unwrap();
+        assert_eq!(s.key_sum("k").unwrap(), Some(13));
+        assert_eq!(s.stored_offset(0).unwrap(), Some(5));
+        assert_eq!(s.idempotency_key_count().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_fenced_batch_spends_no_keys() {
+        let mut s = Store::in_memory("t").unwrap();
+        let winner = keyed_batch(&s, 0, None, &[(0, 1, "w")]);
+        let zombie = keyed_batch(&s, 0, None, &[(0, 1, "w"), (1, 1, "z")]);
+        s.apply([(0, &winner)]).unwrap();
+        assert_eq!(s.apply([(0, &zombie)]).unwrap().fenced.len(), 1);
+        assert!(!s.idempotency_key_seen(0, b"z").unwrap());
+        assert_eq!(s.idempotency_key_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn old_keys_expire_and_the_row_count_is_bounded() {
+        let mut s = Store::in_memory("t").unwrap();
+        s.set_idempotency_retention(IdempotencyRetention {
+            max_age: Duration::from_secs(60),
+            max_keys: 3,
+        });
+        let b = keyed_batch(&s, 0, None, &[(0, 1, "a"), (1, 1, "b")]);
+        s.apply([(0, &b)]).unwrap();
+        // Age the two keys past the window: they no longer count, and pruning removes them.
+        s.connection()
+            .execute("UPDATE idempotency_keys SET seen_at = seen_at - 61000", [])
+            .unwrap();
+        assert!(!s.idempotency_key_seen(0, b"a").unwrap());
+        let b = keyed_batch(&s, 0, Some(2), &[(2, 1, "a")]);
+        assert_eq!(b.duplicate_keys, 0, "an expired key counts again");
+        s.apply([(0, &b)]).unwrap();
+        assert_eq!(s.prune_idempotency_keys(now_ms()).unwrap(), 1, "b expired");
+        assert!(s.idempotency_key_seen(0, b"a").unwrap(), "a was renewed");
+
+        // Past the row cap the oldest keys go first.
+        let recs: Vec<(i64, i64, String)> = (3..8).map(|o| (o, 1, format!("n{o}"))).collect();
+        let recs: Vec<(i64, i64, &str)> = recs.iter().map(|(o, d, k)| (*o, *d, &k[..])).collect();
+        let b = keyed_batch(&s, 0, Some(3), &recs);
+        s.apply([(0, &b)]).unwrap();
+        s.connection()
+            .execute(
+                "UPDATE idempotency_keys SET seen_at = seen_at - 10 WHERE key = 'a'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(s.prune_idempotency_keys(now_ms()).unwrap(), 3);
+        assert_eq!(s.idempotency_key_count().unwrap(), 3);
+        assert!(
+            !s.idempotency_key_seen(0, b"a").unwrap(),
+            "the oldest went first"
+        );
+        assert_eq!(
+            s.key_sum("k").unwrap(),
+            Some(8),
+            "pruning never touches sums"
+        );
     }
 
     #[test]

@@ -115,8 +115,9 @@ pub fn replay(
                     close(&consumer, &kafka.topic, &mut open, p);
                     continue;
                 }
-                match applier.fold(p, offset, m.key(), m.payload())? {
-                    Folded::Applied | Folded::Rejected => {
+                let ik = tally_pipeline::kafka::idempotency_key(&m);
+                match applier.fold(p, offset, m.key(), m.payload(), ik)? {
+                    Folded::Applied | Folded::Rejected | Folded::DuplicateKey => {
                         last_progress = Instant::now();
                         progress.inc(1);
                     }

@@ -1,0 +1,78 @@
+//! Ingest's Prometheus metrics: their names, the one process-wide recorder
+//! (`metrics-exporter-prometheus`), and the route label that keeps cardinality bounded.
+//!
+//! Exposed at `GET /metrics` (open like `/healthz`: it names routes, statuses and error codes,
+//! never counter keys or clients; restrict it at the network if that matters).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests answered, by `route` and `status`.
+pub const REQUESTS: &str = "tally_ingest_requests_total";
+/// Increments acknowledged by the broker and answered 200.
+pub const ACCEPTED: &str = "tally_ingest_increments_accepted_total";
+/// Seconds from enqueueing a request's records to the last acknowledgement, by `outcome`.
+pub const PRODUCE_SECONDS: &str = "tally_ingest_produce_seconds";
+/// Records waiting in the producer for the broker (sampled).
+pub const QUEUE_DEPTH: &str = "tally_ingest_producer_queue_depth";
+/// Requests being handled (sampled).
+pub const IN_FLIGHT: &str = "tally_ingest_in_flight_requests";
+/// Appends that failed, by `code` (`broker_timeout`, `broker_unavailable`, `overloaded`, ...).
+pub const BROKER_ERRORS: &str = "tally_ingest_broker_errors_total";
+/// Errors the Kafka client reported on its own (connection loss and the like).
+pub const CLIENT_ERRORS: &str = "tally_ingest_kafka_client_errors_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The process's recorder handle, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(PRODUCE_SECONDS.into()), LATENCY_BUCKETS)
+            .expect("static buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(REQUESTS, "HTTP requests answered, by route and status");
+    describe_counter!(
+        ACCEPTED,
+        "increments acknowledged by the broker and answered 200"
+    );
+    describe_histogram!(
+        PRODUCE_SECONDS,
+        Unit::Seconds,
+        "time from enqueueing a request's records to the broker's last acknowledgement"
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "records waiting in the producer for the broker"
+    );
+    describe_gauge!(IN_FLIGHT, "HTTP requests being handled");
+    describe_counter!(BROKER_ERRORS, "appends that failed, by error code");
+    describe_counter!(CLIENT_ERRORS, "errors reported by the Kafka client");
+}
+
+/// The route label of a request path: the known routes, else `other`.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/increment" => "/increment",
+        "/increments" => "/increments",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        _ => "other",
+    }
+}
