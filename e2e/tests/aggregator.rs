@@ -242,6 +242,10 @@ fn zombie_paused_past_the_session_timeout_is_fenced_and_resumes_exactly() {
         Duration::from_secs(90),
         || (owned(&[&other]) == [4]).then_some(()),
     );
+    eprintln!(
+        "the other took over after {} watchdog rejoin(s)",
+        total(&[&other], "tally_group_rejoins_total")
+    );
     // The new owner commits past where the zombie's pending batches started.
     let before = Store::open(&p.db(), &p.topic, OpenMode::Existing)
         .unwrap()
