@@ -13,6 +13,7 @@ pub mod consumer;
 pub mod instruments;
 pub mod progress;
 pub mod status;
+pub mod watchdog;
 
 use std::future::Future;
 use std::time::Duration;
