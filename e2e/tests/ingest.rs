@@ -489,9 +489,6 @@ fn retrying_client(
 }
 
 #[test]
-#[ignore = "tansu 0.6.0 panics after a restart (tansu-storage lite.rs:503, idempotent producer \
-            epoch lookup) and then fails every produce; the 503 half passes, recovery needs a \
-            broker fix or a producer re-init in ingest"]
 fn stopped_broker_gives_503_then_recovers_without_losing_or_doubling() {
     let mut p = Pipeline::new(4);
     let delivery = Duration::from_millis(2000);
