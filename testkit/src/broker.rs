@@ -100,6 +100,25 @@ impl Broker {
         }
     }
 
+    /// SIGSTOPs the broker: its connections stay open but nothing is answered.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONTs a paused broker.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("broker is running").id() as i32;
+        assert_eq!(
+            crate::process::unsafe_kill(pid, sig),
+            0,
+            "kill(broker, {sig})"
+        );
+    }
+
     /// Starts the broker again on the same port and data.
     pub fn restart(&mut self) {
         self.kill();
@@ -114,6 +133,9 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        if let Some(c) = self.child.as_ref() {
+            let _ = crate::process::unsafe_kill(c.id() as i32, libc::SIGCONT);
+        }
         self.kill();
         if std::thread::panicking() {
             self.dir.disable_cleanup(true);

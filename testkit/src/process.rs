@@ -152,7 +152,7 @@ impl Drop for Proc {
 }
 
 #[allow(unsafe_code)]
-fn unsafe_kill(pid: i32, sig: i32) -> i32 {
+pub(crate) fn unsafe_kill(pid: i32, sig: i32) -> i32 {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, sig) }
 }
