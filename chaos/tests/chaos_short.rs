@@ -7,8 +7,12 @@ fn short_chaos_run_loses_and_doubles_nothing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20261122);
-    let work = tempfile::tempdir().unwrap();
-    let cfg = tally_chaos::Config::short(seed, work.path().to_path_buf());
+    // Kept after the run (process logs for a failed run): target/chaos-work/short-SEED-PID.
+    let work = tally_testkit::workspace_root()
+        .join("target/chaos-work")
+        .join(format!("short-{seed}-{}", std::process::id()));
+    let cfg = tally_chaos::Config::short(seed, work.clone());
+    println!("chaos work directory: {}", work.display());
     let f = tally_chaos::run(&cfg).expect("the chaos run completes");
     println!("{}", serde_json::to_string_pretty(&f).unwrap());
     assert_eq!(f.lost, 0, "lost increments (seed {seed})");

@@ -6,7 +6,10 @@ use ingest::parse::{parse_form, parse_json, parse_ndjson, parse_value, JsonBody}
 use proptest::prelude::*;
 
 fn check_rules(key: &str) {
-    assert!(!key.is_empty() && key.len() <= 256, "accepted key breaks the rules: {key:?}");
+    assert!(
+        !key.is_empty() && key.len() <= 256,
+        "accepted key breaks the rules: {key:?}"
+    );
 }
 
 fn percent(s: &str) -> String {
