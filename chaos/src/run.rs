@@ -52,7 +52,7 @@ impl Config {
             targets: [10, 3, 0, 2, 2],
             min_duration: Duration::from_secs(20),
             max_duration: Duration::from_secs(600),
-            clients: 6,
+            clients: 3,
             keys: 200,
             partitions: 6,
             session_timeout_ms: 6000,
