@@ -201,6 +201,17 @@ pub fn run(cfg: Config) -> anyhow::Result<Results> {
         |v| v >= 0.5,
     ));
     failures_note(&mut res, "P1", &form);
+    // What the broker allows for one acknowledged record at a time per client, at the same
+    // concurrency: the ceiling for single-increment requests whatever ingest does.
+    let single_topic = unique("bench-single");
+    let single = rt.block_on(raw_single_produce(
+        &svc.kafka(&single_topic),
+        cfg.concurrency,
+        cfg.stage_s,
+    ))?;
+    res.raw
+        .insert("p1_raw_single_produce_per_s".into(), single.into());
+    res.ratios.push(ratio("P1b", "POST /increment req/s / raw single-record acked produce records/s (same concurrency; the broker's ceiling for P1)", form.requests_per_s, single, "req/s", "info", |_| true));
 
     // P2: NDJSON batches vs the raw producer on the same broker, same record sizes.
     let (nd, nd_truth) = rt.block_on(load_truth(&ingest_url, Format::Ndjson, &cfg, None, None))?;
@@ -485,6 +496,45 @@ async fn raw_produce(
         }
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `concurrency` clients each producing one record and waiting for its acknowledgement before
+/// the next, for `secs`; returns acknowledged records/s.
+async fn raw_single_produce(
+    kafka: &KafkaArgs,
+    concurrency: usize,
+    secs: f64,
+) -> anyhow::Result<f64> {
+    kafka.ensure_topic().await?;
+    let producer: FutureProducer = kafka.producer(Duration::from_secs(30)).create()?;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for c in 0..concurrency {
+        let (producer, topic) = (producer.clone(), kafka.topic.clone());
+        tasks.push(tokio::spawn(async move {
+            let value = encode_value(1);
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let key = format!("key-{}", (c as u64 * 7919 + n) % 1000);
+                let r = producer
+                    .send(
+                        FutureRecord::to(&topic).key(key.as_bytes()).payload(&value),
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                if r.is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await?;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
 async fn raw_produce_truth(kafka: &KafkaArgs, n: u64, keys: u64) -> anyhow::Result<Truth> {
