@@ -457,21 +457,10 @@ mod tests {
     use super::*;
     use crate::progress::{self, Progress, ProgressTx};
     use metrics_exporter_prometheus::PrometheusBuilder;
-    use tally_pipeline::fold::PartitionBatch;
-    use tally_pipeline::record::encode_value;
 
     fn api_with(keys: &[(&str, i64)], max_lag: i64) -> (Api, ProgressTx) {
         let mut s = Store::in_memory("t").unwrap();
-        let mut b = PartitionBatch::new(None);
-        for (i, (k, d)) in keys.iter().enumerate() {
-            b.fold(
-                i as i64,
-                Some(k.as_bytes()),
-                Some(&encode_value(*d)),
-                |_| Ok::<_, std::convert::Infallible>(0),
-            )
-            .unwrap();
-        }
+        let mut b = crate::test_support::batch_of(keys);
         b.fold(keys.len() as i64, None, Some(b"\x07junk"), |_| {
             Ok::<_, std::convert::Infallible>(0)
         })

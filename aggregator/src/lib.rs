@@ -15,6 +15,9 @@ pub mod progress;
 pub mod status;
 pub mod watchdog;
 
+#[cfg(test)]
+mod test_support;
+
 use std::future::Future;
 use std::time::Duration;
 

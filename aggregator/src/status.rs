@@ -92,8 +92,6 @@ async fn get_top(query: HashMap<String, String>, reader: Reader) -> Result<Respo
 
 #[cfg(test)]
 mod tests {
-    use tally_pipeline::fold::PartitionBatch;
-    use tally_pipeline::record::encode_value;
     use tally_pipeline::store::Store;
 
     use crate::api::Reader;
@@ -108,16 +106,7 @@ mod tests {
 
     fn reader_with(keys: &[(&str, i64)]) -> Reader {
         let mut s = Store::in_memory("t").unwrap();
-        let mut b = PartitionBatch::new(None);
-        for (i, (k, d)) in keys.iter().enumerate() {
-            b.fold(
-                i as i64,
-                Some(k.as_bytes()),
-                Some(&encode_value(*d)),
-                |_| Ok::<_, std::convert::Infallible>(0),
-            )
-            .unwrap();
-        }
+        let b = crate::test_support::batch_of(keys);
         s.apply([(0, &b)]).unwrap();
         Reader::new(s)
     }
