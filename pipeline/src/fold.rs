@@ -139,13 +139,21 @@ impl PartitionBatch {
         }
         match current.checked_add(delta) {
             Some(sum) => {
-                self.sums.insert(key_str.to_owned(), sum);
+                // Allocate the key only the first time it is seen in this batch (hot path).
+                match self.sums.get_mut(key_str) {
+                    Some(slot) => *slot = sum,
+                    None => {
+                        self.sums.insert(key_str.to_owned(), sum);
+                    }
+                }
                 self.applied += 1;
                 Ok(Folded::Applied)
             }
             None => {
                 // Remember the base so a later record for the key does not ask again.
-                self.sums.entry(key_str.to_owned()).or_insert(current);
+                if !self.sums.contains_key(key_str) {
+                    self.sums.insert(key_str.to_owned(), current);
+                }
                 self.reject(
                     offset,
                     format!("overflow: sum {current} + delta {delta} leaves the i64 range"),
