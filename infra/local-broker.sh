@@ -11,5 +11,23 @@ mkdir -p "$data"
 cd "$data"
 url="tcp://127.0.0.1:$port"
 # tansu resolves sqlite://FILE relative to its working directory (a leading / is stripped).
-exec "$bin" broker --listener-url "$url" --advertised-listener-url "$url" \
-  --storage-engine "sqlite://tansu.db"
+"$bin" broker --listener-url "$url" --advertised-listener-url "$url" \
+  --storage-engine "sqlite://tansu.db" &
+pid=$!
+trap 'kill -TERM "$pid" 2>/dev/null || true' INT TERM
+# Once tansu has created its schema, add the index it lacks (see tansu-indexes.sql).
+python3 - "$here/tansu-indexes.sql" <<'PY'
+import sqlite3, sys, time
+for _ in range(300):
+    try:
+        db = sqlite3.connect("tansu.db", timeout=10)
+        if db.execute("select 1 from sqlite_master where type='table' and name='header'").fetchone():
+            db.executescript(open(sys.argv[1]).read())
+            break
+    except sqlite3.Error:
+        pass
+    time.sleep(0.1)
+else:
+    sys.exit("tansu did not create its schema in 30 s; is it running? see the log above")
+PY
+wait "$pid"

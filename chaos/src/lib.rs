@@ -6,10 +6,49 @@
 //! be counted exactly once, the live database must verify against the log, and every process
 //! must have recovered on its own.
 //!
+//! The abuse run ([`abuse`]) sends a seeded mix of valid and invalid HTTP requests (bad bodies,
+//! malformed HTTP, slow clients) to ingest and checks that nothing crashes, nothing invalid is
+//! accepted, memory stays bounded and the valid requests are counted exactly.
+//!
 //! What must not live here: product logic. It drives the binaries from the outside.
 
+pub mod abuse;
 pub mod disk;
 pub mod load;
 pub mod run;
 
+pub use abuse::{abuse, AbuseConfig, AbuseFigures};
 pub use run::{run, Config, Figures};
+
+/// A seed for a run that was given none: the clock, in seconds (printed with the figures).
+pub fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(1)
+}
+
+/// Prints a run's figures as JSON and turns them into the exit code: 0 when `passed`, 1 when a
+/// check failed, 2 when the run itself could not complete (the error on one line).
+pub fn exit_with<F: serde::Serialize>(
+    result: anyhow::Result<F>,
+    passed: impl Fn(&F) -> bool,
+) -> std::process::ExitCode {
+    match result {
+        Ok(f) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&f).expect("figures serialize")
+            );
+            if passed(&f) {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

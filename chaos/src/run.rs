@@ -405,6 +405,19 @@ pub fn run(cfg: &Config) -> anyhow::Result<Figures> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // Once more with librdkafka's fetch log, kept for diagnosis.
+        let log = cfg.work_dir.join("verify-debug.log");
+        let again = std::process::Command::new(bin("replayer"))
+            .args(common(&p.broker, &p.topic, cfg.partitions))
+            .args(["verify", "--db", p.db.to_str().expect("utf-8 path")])
+            .env("RUST_LOG", "debug")
+            .env("TALLY_KAFKA_DEBUG", "fetch,consumer,topic")
+            .stderr(std::fs::File::create(&log)?)
+            .status()?;
+        eprintln!(
+            "verify again ({again}), librdkafka fetch log in {}",
+            log.display()
+        );
     }
     Ok(figures)
 }

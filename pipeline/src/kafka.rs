@@ -26,6 +26,9 @@ pub struct KafkaArgs {
     #[arg(long, env = "TALLY_REPLICATION_FACTOR", default_value_t = 1,
           value_parser = clap::value_parser!(i32).range(1..=16))]
     pub replication_factor: i32,
+    /// librdkafka debug contexts to log (e.g. `fetch,protocol`), for diagnosing the broker.
+    #[arg(long, env = "TALLY_KAFKA_DEBUG")]
+    pub kafka_debug: Option<String>,
 }
 
 impl KafkaArgs {
@@ -35,6 +38,7 @@ impl KafkaArgs {
             topic: topic.to_owned(),
             partitions,
             replication_factor: 1,
+            kafka_debug: None,
         }
     }
 
@@ -43,6 +47,9 @@ impl KafkaArgs {
         c.set("bootstrap.servers", &self.brokers)
             // Quiet the log when a broker restarts; errors still reach the error callback.
             .set("log.connection.close", "false");
+        if let Some(debug) = &self.kafka_debug {
+            c.set("debug", debug);
+        }
         c
     }
 

@@ -143,8 +143,16 @@ pub fn replay(
             last_commit = Instant::now();
         }
         if last_progress.elapsed() >= STALL {
+            let at: Vec<String> = open
+                .iter()
+                .map(|p| {
+                    let end = ends[p].map_or("its end".to_owned(), |e| e.to_string());
+                    format!("{p} at {:?} of {end}", applier.position(*p))
+                })
+                .collect();
             bail!(
-                "no progress for {STALL:?} on partitions {open:?} short of their end offsets; is the broker up and does the log reach them?"
+                "no progress for {STALL:?} on partitions short of their end offsets ({}); is the broker up and does the log reach them?",
+                at.join(", ")
             );
         }
     }

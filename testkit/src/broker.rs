@@ -90,6 +90,31 @@ impl Broker {
         wait_for("the broker to listen", Duration::from_secs(30), || {
             TcpStream::connect(("127.0.0.1", port)).ok()
         });
+        self.add_indexes();
+    }
+
+    /// Adds the index tansu 0.6's schema lacks (see `infra/tansu-indexes.sql`): without it
+    /// every fetched record scans all stored headers.
+    fn add_indexes(&self) {
+        let db = self.dir.path().join("tansu.db");
+        let conn = rusqlite::Connection::open(&db).expect("cannot open the broker's database");
+        conn.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        wait_for(
+            "tansu to create its schema",
+            Duration::from_secs(30),
+            || {
+                conn.query_row(
+                    "select count(*) from sqlite_master where type = 'table' and name = 'header'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .ok()
+                .filter(|n| *n == 1)
+            },
+        );
+        conn.execute_batch(include_str!("../../infra/tansu-indexes.sql"))
+            .expect("cannot add the header index to the broker's database");
     }
 
     /// SIGKILLs the broker (its data stays).

@@ -20,12 +20,7 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let seed = cli.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(1)
-    });
+    let seed = cli.seed.unwrap_or_else(tally_chaos::seed_from_clock);
     let work = tally_testkit::workspace_root().join("target/chaos-work");
     let mut cfg = if cli.long {
         tally_chaos::Config::long(seed, work)
@@ -34,21 +29,5 @@ fn main() -> std::process::ExitCode {
     };
     cfg.targets[2] = cli.broker_kills;
     eprintln!("chaos: seed {seed}");
-    match tally_chaos::run(&cfg) {
-        Ok(f) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&f).expect("figures serialize")
-            );
-            if f.passed() {
-                std::process::ExitCode::SUCCESS
-            } else {
-                std::process::ExitCode::from(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    tally_chaos::exit_with(tally_chaos::run(&cfg), |f| f.passed())
 }
