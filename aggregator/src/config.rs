@@ -52,7 +52,7 @@ pub struct Config {
     pub ready_max_lag: i64,
     /// Longest time the broker may hold a fetch waiting for new records, in milliseconds:
     /// bounds how soon a new record is folded (read-your-writes latency) against fetch traffic.
-    #[arg(long, env = "TALLY_FETCH_WAIT_MAX_MS", default_value_t = 100,
+    #[arg(long, env = "TALLY_FETCH_WAIT_MAX_MS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub fetch_wait_max_ms: u64,
     /// Records per partition librdkafka tries to keep prefetched (`queued.min.messages`).
@@ -67,8 +67,7 @@ pub struct Config {
     /// fetched record whatever the record's size, so with small records a 1 MB response is some
     /// 35,000 records and 5 MB of memory; its defaults (50 MB per response, 1 MB per partition)
     /// let one fetch over 12 partitions queue about 60 MB while catching up. Keep it at least
-    /// the producers' batch size (1 MB for ingest): tansu returns nothing from a partition whose
-    /// next batch is larger.
+    /// the producers' batch size (1 MB for ingest), so that a whole batch always fits.
     #[arg(long, env = "TALLY_FETCH_MAX_BYTES", default_value_t = 1 << 20,
           value_parser = clap::value_parser!(u64).range(1024..=1_000_000_000))]
     pub fetch_max_bytes: u64,
@@ -77,7 +76,7 @@ pub struct Config {
     /// new increment is readable without waiting for the commit interval), but not more often
     /// than this; under a steady backlog `--commit-interval-ms` and `--max-pending-records`
     /// decide. Set it to the commit interval or above to commit on the interval only.
-    #[arg(long, env = "TALLY_MIN_COMMIT_INTERVAL_MS", default_value_t = 10,
+    #[arg(long, env = "TALLY_MIN_COMMIT_INTERVAL_MS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub min_commit_interval_ms: u64,
     /// How long a spent idempotency key is remembered, in seconds: a retry carrying it within
