@@ -331,7 +331,7 @@ pub fn run(cfg: Config) -> anyhow::Result<Results> {
         )?;
         res.raw.insert(
             "p5_raw_produce_to_fetch_ms".into(),
-            serde_json::to_value(&floor)?,
+            serde_json::to_value(floor)?,
         );
         res.ratios.push(ratio(
             "P5b",
