@@ -52,9 +52,33 @@ pub struct Config {
     pub ready_max_lag: i64,
     /// Longest time the broker may hold a fetch waiting for new records, in milliseconds:
     /// bounds how soon a new record is folded (read-your-writes latency) against fetch traffic.
-    #[arg(long, env = "TALLY_FETCH_WAIT_MAX_MS", default_value_t = 100,
+    #[arg(long, env = "TALLY_FETCH_WAIT_MAX_MS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub fetch_wait_max_ms: u64,
+    /// Records per partition librdkafka tries to keep prefetched (`queued.min.messages`).
+    /// librdkafka's default, 100000, lets it queue the whole backlog of a dozen partitions at
+    /// about 100 bytes of bookkeeping per record whatever the record's size (the 64 MB byte
+    /// limit counts only payloads); this bounds the aggregator's memory while catching up.
+    #[arg(long, env = "TALLY_QUEUED_MIN_MESSAGES", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub queued_min_messages: u64,
+    /// Most bytes one fetch response may carry (`fetch.max.bytes`, also the per-partition
+    /// limit `fetch.message.max.bytes`). librdkafka keeps about 150 bytes of bookkeeping per
+    /// fetched record whatever the record's size, so with small records a 1 MB response is some
+    /// 35,000 records and 5 MB of memory; its defaults (50 MB per response, 1 MB per partition)
+    /// let one fetch over 12 partitions queue about 60 MB while catching up. Keep it at least
+    /// the producers' batch size (1 MB for ingest), so that a whole batch always fits.
+    #[arg(long, env = "TALLY_FETCH_MAX_BYTES", default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u64).range(1024..=1_000_000_000))]
+    pub fetch_max_bytes: u64,
+    /// Shortest gap between two commits made because every fetched record was folded, in
+    /// milliseconds. Pending work is committed as soon as the fetched records run out (so a
+    /// new increment is readable without waiting for the commit interval), but not more often
+    /// than this; under a steady backlog `--commit-interval-ms` and `--max-pending-records`
+    /// decide. Set it to the commit interval or above to commit on the interval only.
+    #[arg(long, env = "TALLY_MIN_COMMIT_INTERVAL_MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub min_commit_interval_ms: u64,
     /// How long a spent idempotency key is remembered, in seconds: a retry carrying it within
     /// this window is not counted again.
     #[arg(long, env = "TALLY_IDEMPOTENCY_RETENTION_SECS", default_value_t = 24 * 60 * 60,
@@ -76,6 +100,10 @@ pub struct Config {
 impl Config {
     pub fn commit_interval(&self) -> Duration {
         Duration::from_millis(self.commit_interval_ms)
+    }
+
+    pub fn min_commit_interval(&self) -> Duration {
+        Duration::from_millis(self.min_commit_interval_ms)
     }
 
     pub fn limits(&self) -> crate::api::Limits {

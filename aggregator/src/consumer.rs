@@ -279,6 +279,15 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
             STATS_INTERVAL.as_millis().to_string(),
         )
         .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
+        .set(
+            "queued.min.messages",
+            config.queued_min_messages.to_string(),
+        )
+        .set("fetch.max.bytes", config.fetch_max_bytes.to_string())
+        .set(
+            "fetch.message.max.bytes",
+            config.fetch_max_bytes.min(1 << 20).to_string(),
+        )
         .create_with_context(ctx)
         .context("cannot create the Kafka consumer")?;
     consumer
@@ -287,6 +296,8 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
     tracing::info!(group = %config.group, %topic, db = %config.db.display(), "consumer started");
 
     let mut last_commit = Instant::now();
+    // A failed commit is retried on the commit interval only, not each time the queue drains.
+    let mut last_ok = true;
     let mut paused = false;
     let mut watchdog = config.rejoin_stalled_after().map(Watchdog::new);
     let mut last_watch = Instant::now();
@@ -306,8 +317,19 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
         if let Some(e) = consumer.context().fatal.lock().unwrap().take() {
             return Err(e);
         }
+        // Whether every record fetched so far has been folded (the last poll found none).
+        let mut drained = false;
         if !paused {
-            match consumer.poll(POLL) {
+            // With work pending, wait for more records only until a drained commit is due.
+            let timeout = if last_ok && consumer.context().applier().pending_records() > 0 {
+                config
+                    .min_commit_interval()
+                    .saturating_sub(last_commit.elapsed())
+                    .min(POLL)
+            } else {
+                POLL
+            };
+            match consumer.poll(timeout) {
                 Some(Ok(m)) => {
                     let (p, offset) = (m.partition(), m.offset());
                     let folded = consumer.context().applier().fold(
@@ -344,18 +366,21 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
                     }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                None => {}
+                None => drained = true,
             }
         } else {
             // Keep servicing the group (heartbeats, rebalances) while paused.
             let _ = consumer.poll(POLL);
         }
         let pending = consumer.context().applier().pending_records();
+        let since = last_commit.elapsed();
         if pending > 0
-            && (last_commit.elapsed() >= config.commit_interval()
-                || pending >= config.max_pending_records)
+            && (since >= config.commit_interval()
+                || pending >= config.max_pending_records
+                || (drained && last_ok && since >= config.min_commit_interval()))
         {
             let ok = commit(&consumer, &topic);
+            last_ok = ok;
             last_commit = Instant::now();
             paused = set_paused(
                 &consumer,

@@ -146,8 +146,10 @@ impl Services {
                 unique("bench"),
                 "--db".into(),
                 db.display().to_string(),
+                // Long enough that a machine busy with other work does not cost the single
+                // member its session mid-stage (tansu holds JoinGroup for half of it).
                 "--session-timeout-ms".into(),
-                "6000".into(),
+                "20000".into(),
             ],
         )
     }
@@ -317,6 +319,28 @@ pub fn run(cfg: Config) -> anyhow::Result<Results> {
             "ms",
             "<= 250 ms",
             |v| v <= 250.0,
+        ));
+        // The broker's own floor for the same path: a raw acknowledged produce seen by a raw
+        // consumer with the aggregator's fetch settings, at the rate P5 ran at.
+        let floor_topic = unique("bench-floor");
+        let floor = raw_produce_to_fetch(
+            &rt,
+            &svc.kafka(&floor_topic),
+            fr.requests_per_s.max(1.0),
+            cfg.stage_s,
+        )?;
+        res.raw.insert(
+            "p5_raw_produce_to_fetch_ms".into(),
+            serde_json::to_value(floor)?,
+        );
+        res.ratios.push(ratio(
+            "P5b",
+            "P5 p99 ms / raw acked produce -> raw fetch p99 ms (same rate and fetch wait; the broker's floor for P5)",
+            p99,
+            floor.p99,
+            "ratio",
+            "info",
+            |_| true,
         ));
         fold_rate(&agg_url, &truth_ends(&truth))?;
         let diff = diff_store(&db, &svc.topic, &truth)?;
@@ -535,6 +559,121 @@ async fn raw_single_produce(
         total += t.await?;
     }
     Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The aggregator's default `fetch.wait.max.ms`, for the P5 floor's raw consumer.
+const FETCH_WAIT_MAX_MS: &str = "10";
+
+/// Percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Millis {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    samples: u64,
+}
+
+/// Produces single records at `rate` per second for `secs`, each awaited for its acks=all
+/// acknowledgement, while a raw consumer (assigned to every partition's end, the aggregator's
+/// fetch wait) reads them: the time from each acknowledgement to the record's arrival at the
+/// consumer, i.e. the broker's own ack-to-fetch latency, without any folding or commit.
+fn raw_produce_to_fetch(
+    rt: &tokio::runtime::Runtime,
+    kafka: &KafkaArgs,
+    rate: f64,
+    secs: f64,
+) -> anyhow::Result<Millis> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    rt.block_on(kafka.ensure_topic())?;
+    let consumer: BaseConsumer = kafka
+        .reader()
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let parts = partitions_of(&consumer, &kafka.topic, Duration::from_secs(30))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition_offset(&kafka.topic, *p, Offset::End)?;
+    }
+    consumer.assign(&tpl)?;
+    // Let the consumer resolve its start offsets before anything is produced.
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_secs(2) {
+        consumer.poll(Duration::from_millis(50));
+    }
+    let acked: Arc<Mutex<HashMap<(i32, i64), Instant>>> = Arc::default();
+    let seen: Arc<Mutex<HashMap<(i32, i64), Instant>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+                    let at = Instant::now();
+                    seen.lock().unwrap().insert((m.partition(), m.offset()), at);
+                }
+            }
+        })
+    };
+    let producer: FutureProducer = kafka.producer(Duration::from_secs(30)).create()?;
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < secs {
+            let due = start + Duration::from_secs_f64(n as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            let (producer, topic, acked) = (producer.clone(), kafka.topic.clone(), acked.clone());
+            let key = format!("key-{}", n % 1000);
+            tasks.push(tokio::spawn(async move {
+                let r = producer
+                    .send(
+                        FutureRecord::to(&topic)
+                            .key(key.as_bytes())
+                            .payload(&encode_value(1)),
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                if let Ok(d) = r {
+                    acked
+                        .lock()
+                        .unwrap()
+                        .insert((d.partition, d.offset), Instant::now());
+                }
+            }));
+            n += 1;
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().expect("reader thread");
+    let (acked, seen) = (acked.lock().unwrap(), seen.lock().unwrap());
+    let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
+    for (k, a) in acked.iter() {
+        if let Some(s) = seen.get(k) {
+            // A record can arrive before its acknowledgement reaches the producer: 0 then.
+            h.record(s.saturating_duration_since(*a).as_micros().max(1) as u64)?;
+        }
+    }
+    if h.is_empty() {
+        bail!(
+            "the raw consumer saw none of the {} acknowledged records",
+            acked.len()
+        );
+    }
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Millis {
+        p50: ms(0.5),
+        p90: ms(0.9),
+        p99: ms(0.99),
+        max: h.max() as f64 / 1000.0,
+        samples: h.len(),
+    })
 }
 
 async fn raw_produce_truth(kafka: &KafkaArgs, n: u64, keys: u64) -> anyhow::Result<Truth> {

@@ -12,7 +12,7 @@ fn smoke_suite_runs_every_stage_and_is_exact() {
             r.name, r.what, r.value, r.unit, r.target
         );
         assert!(
-            r.value.is_finite() || r.name == "P5",
+            r.value.is_finite() || r.name.starts_with("P5"),
             "{} produced no number",
             r.name
         );

@@ -216,9 +216,20 @@ fn zombie_paused_past_the_session_timeout_is_fenced_and_resumes_exactly() {
     let _serial = serial();
     let p = Pipeline::new(4);
     let ingest = p.ingest(&[]);
-    // The zombie joins first and so leads the group. A long commit interval: it always holds
-    // pending work when it is paused.
-    let zombie = p.aggregator(&[&REJOIN_AFTER[..], &["--commit-interval-ms", "4000"]].concat());
+    // The zombie joins first and so leads the group. A long commit interval, also when its
+    // fetched records are all folded: it always holds pending work when it is paused.
+    let zombie = p.aggregator(
+        &[
+            &REJOIN_AFTER[..],
+            &[
+                "--commit-interval-ms",
+                "4000",
+                "--min-commit-interval-ms",
+                "4000",
+            ],
+        ]
+        .concat(),
+    );
     let other = p.aggregator(&REJOIN_AFTER);
     let load = Load::start(&ingest, 2);
     let o = wait_converged(&[&zombie, &other], 4, Duration::from_secs(90));
