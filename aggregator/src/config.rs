@@ -67,8 +67,11 @@ pub struct Config {
     /// fetched record whatever the record's size, so with small records a 1 MB response is some
     /// 35,000 records and 5 MB of memory; its defaults (50 MB per response, 1 MB per partition)
     /// let one fetch over 12 partitions queue about 60 MB while catching up. Keep it at least
-    /// the producers' batch size (1 MB for ingest), so that a whole batch always fits.
-    #[arg(long, env = "TALLY_FETCH_MAX_BYTES", default_value_t = 1 << 20,
+    /// the producers' batch size (1 MB for ingest), so that a whole batch always fits. 2 MB
+    /// by default: on tansu 1 MB held the fold rate to 0.61-0.67 of a raw read (each fetch
+    /// costs the broker a round of queries and its fetch wait) and 4 MB took the peak RSS
+    /// to 71 MB (BENCHMARKS.md, "Fetch size").
+    #[arg(long, env = "TALLY_FETCH_MAX_BYTES", default_value_t = 2 << 20,
           value_parser = clap::value_parser!(u64).range(1024..=1_000_000_000))]
     pub fetch_max_bytes: u64,
     /// Shortest gap between two commits made because every fetched record was folded, in
