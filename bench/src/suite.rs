@@ -491,8 +491,11 @@ async fn raw_produce(
     mut truth: Option<&mut Truth>,
 ) -> anyhow::Result<f64> {
     kafka.ensure_topic().await?;
+    // No message timeout (like ingest): a backlog of a million queued records can take longer
+    // than any fixed timeout to drain on a loaded machine, and a timeout makes librdkafka bump
+    // the producer epoch, which tansu 0.6 does not survive (ARCHITECTURE.md, "Decisions").
     let producer: FutureProducer = kafka
-        .producer(Duration::from_secs(30))
+        .producer(Duration::ZERO)
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
     let start = Instant::now();
