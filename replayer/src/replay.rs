@@ -198,10 +198,17 @@ impl ConsumerContext for ReaderContext {}
 
 pub(crate) type Reader = BaseConsumer<ReaderContext>;
 
+/// Most bytes one fetch response may carry. With librdkafka's 50 MB default, tansu answers the
+/// first fetch of a rebuild with the whole log in one response, so folding could not start
+/// until the broker had read all of it; 2 MB responses let the fold overlap the next fetch
+/// (BENCHMARKS.md, "Reading runs 7 and 8").
+const FETCH_MAX_BYTES: &str = "2097152";
+
 /// A reader of explicitly assigned partitions (no group).
 pub(crate) fn reader(kafka: &KafkaArgs) -> anyhow::Result<Reader> {
     kafka
         .reader()
+        .set("fetch.max.bytes", FETCH_MAX_BYTES)
         .create_with_context(ReaderContext)
         .context("cannot create the Kafka reader")
 }
