@@ -788,17 +788,6 @@ fn fold_rate(base: &str, ends: &BTreeMap<i32, i64>) -> anyhow::Result<f64> {
     }
 }
 
-fn rss_mb(pid: i32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 /// Waits for the aggregator to fold up to `ends`, sampling its peak RSS at each quarter of the
 /// log: `(records folded, VmHWM MB)`.
 fn fold_sampling_rss(
@@ -814,7 +803,10 @@ fn fold_sampling_rss(
     loop {
         let done: i64 = offsets(&c, base).values().sum();
         while next_quarter <= 4 && done * 4 >= total * next_quarter {
-            samples.push((done, rss_mb(pid, "VmHWM:")));
+            samples.push((
+                done,
+                tally_testkit::process::memory_mb(pid, "VmHWM:").unwrap_or(0.0),
+            ));
             next_quarter += 1;
         }
         if next_quarter > 4 {

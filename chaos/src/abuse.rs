@@ -16,15 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::Value;
-use tally_pipeline::store::{OpenMode, Store};
 use tally_testkit::broker::Broker;
-use tally_testkit::process::Proc;
+use tally_testkit::process::{memory_mb, Proc};
 use tally_testkit::{free_port, unique, wait_for};
+
+use crate::check;
 
 /// Largest body ingest accepts in this run (smaller than the default, so 413 is cheap).
 const MAX_BODY: usize = 64 * 1024;
@@ -469,13 +469,6 @@ fn worker(
     }
 }
 
-fn rss_mb(pid: i32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 /// Runs the abuse mix against a fresh pipeline and returns its figures.
 pub fn abuse(cfg: &AbuseConfig) -> anyhow::Result<AbuseFigures> {
     std::fs::create_dir_all(&cfg.work_dir)?;
@@ -546,7 +539,7 @@ pub fn abuse(cfg: &AbuseConfig) -> anyhow::Result<AbuseFigures> {
         let warm = cfg.requests / 20;
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                if let Some(mb) = rss_mb(pid) {
+                if let Some(mb) = memory_mb(pid, "VmRSS:") {
                     let mut r = rss.lock().expect("rss");
                     r.1 = r.1.max(mb);
                     if r.0.is_none() && next.load(Ordering::Relaxed) >= warm {
@@ -570,32 +563,15 @@ pub fn abuse(cfg: &AbuseConfig) -> anyhow::Result<AbuseFigures> {
         tally.merge(w.join().expect("worker thread"));
     }
     let duration = start.elapsed().as_secs_f64();
-    let at_end = rss_mb(pid).unwrap_or(0.0);
+    let at_end = memory_mb(pid, "VmRSS:").unwrap_or(0.0);
     stop.store(true, Ordering::Relaxed);
     sampler.join().expect("rss sampler");
     let (warm, peak) = *rss.lock().expect("rss");
     let ingest_exited = !ingest.is_running();
 
     // Every valid acknowledged increment folded, then compare with the ground truth.
-    wait_for(
-        "the aggregator to fold every acknowledged increment",
-        Duration::from_secs(300),
-        || {
-            let c = Store::open(&db, &topic, OpenMode::Existing)
-                .and_then(|s| s.stored_offsets())
-                .ok()?;
-            tally
-                .max_offsets
-                .iter()
-                .all(|(p, o)| c.get(p).is_some_and(|n| n > o))
-                .then_some(())
-        },
-    );
-    let store = Store::open(&db, &topic, OpenMode::Existing).context("cannot open the db")?;
-    let mut stored: BTreeMap<String, i64> = BTreeMap::new();
-    for ((k, _), s) in store.all_sums()? {
-        *stored.entry(k).or_insert(0) += s;
-    }
+    check::wait_folded(&db, &topic, &tally.max_offsets, || {});
+    let mut stored = check::stored_sums(&db, &topic)?;
     let (mut keys_wrong, mut diff) = (0u64, 0i64);
     for (k, want) in &tally.sums {
         let got = stored.remove(k).unwrap_or(0);

@@ -13,6 +13,7 @@
 //! What must not live here: product logic. It drives the binaries from the outside.
 
 pub mod abuse;
+pub mod check;
 pub mod disk;
 pub mod load;
 pub mod run;

@@ -10,11 +10,11 @@ use anyhow::{bail, Context as _};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use tally_pipeline::store::{OpenMode, Store};
 use tally_testkit::broker::Broker;
 use tally_testkit::process::{bin, Proc};
 use tally_testkit::{free_port, unique, wait_for};
 
+use crate::check;
 use crate::disk::SmallFs;
 use crate::load::{client, Truth};
 
@@ -197,9 +197,7 @@ impl Pipeline {
 
     /// Committed next offsets, read from the database itself.
     fn committed(&self) -> BTreeMap<i32, i64> {
-        Store::open(&self.db, &self.topic, OpenMode::Existing)
-            .and_then(|s| s.stored_offsets())
-            .unwrap_or_default()
+        check::committed(&self.db, &self.topic)
     }
 }
 
@@ -351,24 +349,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<Figures> {
     figures.duration_s = start.elapsed().as_secs_f64();
 
     // Everything acknowledged is folded?
-    wait_for(
-        "the aggregators to fold every acknowledged increment",
-        Duration::from_secs(300),
-        || {
-            p.supervise();
-            let c = p.committed();
-            truth
-                .max_offsets
-                .iter()
-                .all(|(pp, o)| c.get(pp).is_some_and(|n| n > o))
-                .then_some(())
-        },
-    );
-    let store = Store::open(&p.db, &p.topic, OpenMode::Existing)?;
-    let mut stored: BTreeMap<String, i64> = BTreeMap::new();
-    for ((k, _), s) in store.all_sums()? {
-        *stored.entry(k).or_insert(0) += s;
-    }
+    let (db, topic) = (p.db.clone(), p.topic.clone());
+    check::wait_folded(&db, &topic, &truth.max_offsets, || p.supervise());
+    let mut stored = check::stored_sums(&p.db, &p.topic)?;
     for (k, want) in &truth.counts {
         let got = stored.remove(k).unwrap_or(0);
         if got > *want {

@@ -156,3 +156,12 @@ pub(crate) fn unsafe_kill(pid: i32, sig: i32) -> i32 {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, sig) }
 }
+
+/// A memory figure of process `pid` from `/proc/PID/status` in MB (`field` such as `"VmRSS:"`
+/// or `"VmHWM:"`), or None when the process or the field is gone.
+pub fn memory_mb(pid: i32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
