@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole pipeline locally: builds in release mode, installs and starts the broker,
-# starts ingest and one aggregator, prints the URLs. Ctrl-C stops everything cleanly.
-# State lives in $TALLY_DATA_DIR (default ./.tally): the broker's log and tally.db.
+# Runs the whole pipeline locally on Apache Kafka: installs Kafka's jars once (Java and Maven
+# needed), builds ingest, aggregator and replayer in release mode, starts a single-node Kafka,
+# ingest and one aggregator, and prints the URLs. Ctrl-C stops everything cleanly.
+# State lives in $TALLY_DATA_DIR (default ./.tally): Kafka's log, tally.db, the process logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${TALLY_DATA_DIR:-$PWD/.tally}"
@@ -10,28 +11,34 @@ export TALLY_BROKERS="127.0.0.1:$port"
 export TALLY_INGEST_LISTEN="${TALLY_INGEST_LISTEN:-127.0.0.1:8080}"
 export TALLY_AGGREGATOR_LISTEN="${TALLY_AGGREGATOR_LISTEN:-127.0.0.1:8081}"
 export TALLY_DB="${TALLY_DB:-$data/tally.db}"
-
-infra/install-broker.sh >/dev/null
-cargo build --release --workspace --bins
 mkdir -p "$data"
+
+say() { echo "run.sh: $*" >&2; }
+say "installing Apache Kafka if missing (first run: Maven Central, about a minute)"
+infra/install-kafka.sh >/dev/null
+say "building ingest, aggregator and replayer (release; the first build takes several minutes)"
+cargo build --release -p ingest -p aggregator -p replayer --bins
 
 pids=()
 stop() {
   trap - INT TERM EXIT
-  echo; echo "stopping..."
+  echo; say "stopping..."
   # Services first (they flush and commit), then the broker.
   for pid in "${pids[@]:1}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]:1}"; do wait "$pid" 2>/dev/null || true; done
   kill -TERM "${pids[0]}" 2>/dev/null || true
   wait "${pids[0]}" 2>/dev/null || true
-  echo "stopped"
+  say "stopped"
 }
 trap stop INT TERM EXIT
 
-TALLY_DATA_DIR="$data" TALLY_BROKER_PORT="$port" infra/local-broker.sh >"$data/broker.log" 2>&1 &
+say "starting Kafka on 127.0.0.1:$port (log: $data/broker.log)"
+TALLY_BROKER_PORT="$port" infra/local-kafka.sh "$data" >"$data/broker.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 300); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+for i in $(seq 1 600); do
+  grep -q "Kafka Server started" "$data/broker.log" 2>/dev/null && break
+  kill -0 "${pids[0]}" 2>/dev/null || { say "Kafka exited; see $data/broker.log"; tail -20 "$data/broker.log" >&2; exit 1; }
+  [ "$i" = 600 ] && { say "Kafka did not start within 60 s; see $data/broker.log"; exit 1; }
   sleep 0.1
 done
 target/release/ingest &
@@ -41,7 +48,7 @@ pids+=($!)
 
 cat <<TXT
 
-Tally is running (broker 127.0.0.1:$port, data in $data):
+Tally is running (Kafka 127.0.0.1:$port, data in $data):
   ingest      http://$TALLY_INGEST_LISTEN
   aggregator  http://$TALLY_AGGREGATOR_LISTEN
 

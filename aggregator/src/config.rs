@@ -91,13 +91,6 @@ pub struct Config {
     #[arg(long, env = "TALLY_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub idempotency_max_keys: u64,
-    /// Leave and rejoin the group when a partition this process does not own has had records
-    /// beyond its stored offset and no progress for this long, in milliseconds (0: never). A
-    /// remedy for coordinators that leave a dead member's partitions unassigned (tansu 0.6);
-    /// keep it above the session timeout.
-    #[arg(long, env = "TALLY_REJOIN_STALLED_AFTER_MS", default_value_t = 20_000,
-          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
-    pub rejoin_stalled_after_ms: u64,
 }
 
 impl Config {
@@ -118,12 +111,6 @@ impl Config {
 
     pub fn session_timeout(&self) -> Duration {
         Duration::from_millis(self.session_timeout_ms)
-    }
-
-    /// The orphan watchdog's delay, `None` when it is off.
-    pub fn rejoin_stalled_after(&self) -> Option<Duration> {
-        (self.rejoin_stalled_after_ms > 0)
-            .then(|| Duration::from_millis(self.rejoin_stalled_after_ms))
     }
 
     pub fn idempotency_retention(&self) -> tally_pipeline::store::IdempotencyRetention {

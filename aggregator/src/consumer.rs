@@ -18,9 +18,6 @@
 //! channel ([`crate::progress`]) for read-your-writes, and the log end offsets librdkafka's
 //! statistics report give each owned partition's lag.
 //!
-//! When the orphan watchdog ([`crate::watchdog`]) sees partitions nobody consumes, the loop
-//! commits, leaves the group and joins it again so that the coordinator assigns them afresh.
-//!
 //! The loop runs on a dedicated thread: librdkafka's rebalance callback runs inside `poll` on
 //! that same thread, so the applier's mutex is never contended by the callback, and SQLite's
 //! blocking calls never stall the async HTTP side.
@@ -44,7 +41,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::instruments;
 use crate::progress::ProgressTx;
-use crate::watchdog::Watchdog;
 use crate::Config;
 
 /// How long one `poll` may block; bounds the reaction time to stop and commit deadlines.
@@ -52,10 +48,6 @@ const POLL: Duration = Duration::from_millis(20);
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often librdkafka reports statistics (the log end offsets behind the lag).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the orphan watchdog looks at the stored offsets.
-const WATCHDOG_INTERVAL: Duration = Duration::from_secs(1);
-/// Timeout of the broker requests the watchdog makes (metadata, watermarks).
-const WATCHDOG_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Ctx {
     topic: String,
@@ -299,21 +291,7 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
     // A failed commit is retried on the commit interval only, not each time the queue drains.
     let mut last_ok = true;
     let mut paused = false;
-    let mut watchdog = config.rejoin_stalled_after().map(Watchdog::new);
-    let mut last_watch = Instant::now();
     while !stop.is_cancelled() {
-        if let Some(w) = watchdog.as_mut() {
-            if last_watch.elapsed() >= WATCHDOG_INTERVAL {
-                last_watch = Instant::now();
-                let orphans = orphans(&consumer, &topic, w);
-                if !orphans.is_empty() {
-                    rejoin(&consumer, &topic, &orphans);
-                    w.rejoined(Instant::now());
-                    paused = false;
-                    last_commit = Instant::now();
-                }
-            }
-        }
         if let Some(e) = consumer.context().fatal.lock().unwrap().take() {
             return Err(e);
         }
@@ -407,63 +385,6 @@ fn leave(consumer: &BaseConsumer<Ctx>) {
     let started = Instant::now();
     while consumer.assignment().is_ok_and(|a| a.count() > 0) && started.elapsed() < SEEK_TIMEOUT {
         let _ = consumer.poll(POLL);
-    }
-}
-
-/// Partitions the watchdog suspects (not owned here, stored offset standing still) that also
-/// have records beyond their stored offset, i.e. nobody is consuming them.
-fn orphans(consumer: &BaseConsumer<Ctx>, topic: &str, watchdog: &mut Watchdog) -> Vec<i32> {
-    let all = match tally_pipeline::kafka::partitions_of(consumer, topic, WATCHDOG_TIMEOUT) {
-        Ok(all) => all,
-        Err(e) => {
-            tracing::debug!(error = %e, "watchdog cannot read the partitions");
-            return Vec::new();
-        }
-    };
-    let (stored, owned) = {
-        let applier = consumer.context().applier();
-        let owned = applier.owned().collect();
-        match applier.store().stored_offsets() {
-            Ok(stored) => (stored, owned),
-            Err(e) => {
-                tracing::debug!(error = %e, "watchdog cannot read the stored offsets");
-                return Vec::new();
-            }
-        }
-    };
-    let stalled = watchdog.stalled(Instant::now(), &all, &stored, &owned);
-    stalled
-        .into_iter()
-        .filter(
-            |p| match consumer.fetch_watermarks(topic, *p, WATCHDOG_TIMEOUT) {
-                Ok((low, high)) => {
-                    let next = stored.get(p).copied().unwrap_or(low);
-                    tracing::debug!(partition = p, next, high, "stalled partition");
-                    high > next
-                }
-                Err(e) => {
-                    tracing::debug!(partition = p, error = %e, "watchdog cannot read watermarks");
-                    false
-                }
-            },
-        )
-        .collect()
-}
-
-/// Leaves the group and joins it again, so that the coordinator runs a fresh assignment.
-fn rejoin(consumer: &BaseConsumer<Ctx>, topic: &str, orphans: &[i32]) {
-    tracing::warn!(
-        ?orphans,
-        "partitions not owned here have records beyond their stored offsets and made no \
-         progress: leaving and rejoining the group so that the coordinator assigns them"
-    );
-    instruments::group_rejoin();
-    commit(consumer, topic);
-    leave(consumer);
-    if let Err(e) = consumer.subscribe(&[topic]) {
-        consumer
-            .context()
-            .fail(anyhow::Error::new(e).context(format!("cannot subscribe to {topic} again")));
     }
 }
 

@@ -27,9 +27,6 @@ pub const LAG: &str = "tally_partition_lag";
 /// Rebalance events, by kind (`assign`, `revoke`, `lost`, `error`).
 pub const REBALANCES: &str = "tally_rebalances_total";
 pub const OWNED: &str = "tally_owned_partitions";
-/// Times this process left and rejoined the group because partitions it does not own stood
-/// still with records beyond their stored offsets (the orphan watchdog).
-pub const GROUP_REJOINS: &str = "tally_group_rejoins_total";
 
 /// Installs the process-wide recorder (once) and returns the handle that renders it. A second
 /// call (tests running several aggregators in one process) gets a detached handle.
@@ -89,8 +86,4 @@ pub fn owned(n: usize) {
 /// instances stays the group's lag.
 pub fn lag(partition: i32, lag: i64) {
     gauge!(LAG, "partition" => partition.to_string()).set(lag as f64);
-}
-
-pub fn group_rejoin() {
-    counter!(GROUP_REJOINS).increment(1);
 }

@@ -13,7 +13,6 @@ pub mod consumer;
 pub mod instruments;
 pub mod progress;
 pub mod status;
-pub mod watchdog;
 
 #[cfg(test)]
 mod test_support;

@@ -277,22 +277,18 @@ pub fn run(cfg: &Config) -> anyhow::Result<Figures> {
         let a = rng.gen_range(0..p.aggs.len());
         match FAULTS[kind] {
             "aggregator_kill" => {
+                // SIGKILL, restarted at once as systemd or compose would.
                 p.aggs[a].0.kill();
-                // Let the broker expire the dead member first (tansu 0.6 can otherwise leave
-                // its partitions unassigned; see ARCHITECTURE.md).
-                std::thread::sleep(session + Duration::from_millis(500));
                 p.aggs[a].0.restart();
                 wait_healthy(&p.aggs[a].1);
             }
             "ingest_kill" => {
                 p.ingest.kill();
-                std::thread::sleep(Duration::from_millis(rng.gen_range(0..500)));
                 p.ingest.restart();
                 wait_healthy(&p.ingest_base);
             }
             "broker_kill" => {
                 p.broker.kill();
-                std::thread::sleep(Duration::from_millis(rng.gen_range(200..2000)));
                 p.broker.restart();
             }
             "zombie" => {

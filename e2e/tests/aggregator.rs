@@ -120,25 +120,13 @@ fn wait_converged(aggs: &[&Service], partitions: u64, timeout: Duration) -> Vec<
     })
 }
 
-/// The orphan watchdog's delay in these tests: above the 6 s session timeout, so that the dead
-/// member has normally expired when a survivor forces a fresh assignment.
-const REJOIN_AFTER: [&str; 2] = ["--rejoin-stalled-after-ms", "9000"];
-
-/// Sum of a counter over aggregators (an unreachable one counts nothing).
-fn total(aggs: &[&Service], name: &str) -> f64 {
-    aggs.iter()
-        .filter_map(|a| metrics(&a.base))
-        .map(|m| metric(&m, name, &[]))
-        .sum()
-}
-
 #[test]
 fn three_aggregators_stay_exact_through_kills_restarts_and_scaling() {
     let _serial = serial();
     let started = Instant::now();
     let p = Pipeline::new(12);
     let ingest = p.ingest(&[]);
-    let mut aggs: Vec<Service> = (0..3).map(|_| p.aggregator(&REJOIN_AFTER)).collect();
+    let mut aggs: Vec<Service> = (0..3).map(|_| p.aggregator(&[])).collect();
     let load = Load::start(&ingest, 2);
     wait_converged(
         &aggs.iter().collect::<Vec<_>>(),
@@ -147,19 +135,18 @@ fn three_aggregators_stay_exact_through_kills_restarts_and_scaling() {
     );
 
     // Ten SIGKILLs under load, cycling through all three processes (the group's leader
-    // included). After each kill the survivors must take the victim's partitions over before it
-    // is restarted: tansu 0.6 hands the survivors their old assignment when it expires a member,
-    // and the watchdog's rejoin reassigns the orphans. Restarting earlier is not safe on tansu
-    // 0.6 when the victim led the group (a member joining then makes the dead member the leader
-    // of the next generation, which never completes; see ARCHITECTURE.md).
-    let mut rejoins = 0.0;
+    // included), each restarted at once as systemd or compose would: the new process joins
+    // while the dead member's session has not expired yet, and the coordinator drops it when
+    // it does. Half the kills also wait for the survivors to take everything over first.
     for i in 0..10 {
         let victim = i % 3;
         aggs[victim].proc.kill();
-        let survivors: Vec<&Service> = (0..3).filter(|j| *j != victim).map(|j| &aggs[j]).collect();
-        let o = wait_converged(&survivors, 12, Duration::from_secs(90));
-        let took_over = started.elapsed();
-        rejoins = total(&survivors, "tally_group_rejoins_total");
+        if i % 2 == 1 {
+            let survivors: Vec<&Service> =
+                (0..3).filter(|j| *j != victim).map(|j| &aggs[j]).collect();
+            let o = wait_converged(&survivors, 12, Duration::from_secs(90));
+            eprintln!("kill {}: survivors took over {o:?}", i + 1);
+        }
         aggs[victim].restart();
         let all = wait_converged(
             &aggs.iter().collect::<Vec<_>>(),
@@ -167,16 +154,14 @@ fn three_aggregators_stay_exact_through_kills_restarts_and_scaling() {
             Duration::from_secs(90),
         );
         eprintln!(
-            "kill {} of aggregator {victim}: survivors took over {o:?} at {took_over:?}, \
-             all converged {all:?} at {:?}",
+            "kill {} of aggregator {victim}: all converged {all:?} at {:?}",
             i + 1,
             started.elapsed()
         );
     }
-    assert!(rejoins >= 1.0, "the watchdog never rejoined: {rejoins}");
 
     // A fourth joins; then one leaves gracefully (SIGTERM: final commit, group left).
-    aggs.push(p.aggregator(&REJOIN_AFTER));
+    aggs.push(p.aggregator(&[]));
     wait_converged(
         &aggs.iter().collect::<Vec<_>>(),
         12,
@@ -218,19 +203,13 @@ fn zombie_paused_past_the_session_timeout_is_fenced_and_resumes_exactly() {
     let ingest = p.ingest(&[]);
     // The zombie joins first and so leads the group. A long commit interval, also when its
     // fetched records are all folded: it always holds pending work when it is paused.
-    let zombie = p.aggregator(
-        &[
-            &REJOIN_AFTER[..],
-            &[
-                "--commit-interval-ms",
-                "4000",
-                "--min-commit-interval-ms",
-                "4000",
-            ],
-        ]
-        .concat(),
-    );
-    let other = p.aggregator(&REJOIN_AFTER);
+    let zombie = p.aggregator(&[
+        "--commit-interval-ms",
+        "4000",
+        "--min-commit-interval-ms",
+        "4000",
+    ]);
+    let other = p.aggregator(&[]);
     let load = Load::start(&ingest, 2);
     let o = wait_converged(&[&zombie, &other], 4, Duration::from_secs(90));
     eprintln!("converged {o:?}");
@@ -252,10 +231,6 @@ fn zombie_paused_past_the_session_timeout_is_fenced_and_resumes_exactly() {
         "the other to own every partition",
         Duration::from_secs(90),
         || (owned(&[&other]) == [4]).then_some(()),
-    );
-    eprintln!(
-        "the other took over after {} watchdog rejoin(s)",
-        total(&[&other], "tally_group_rejoins_total")
     );
     // The new owner commits past where the zombie's pending batches started.
     let before = Store::open(&p.db(), &p.topic, OpenMode::Existing)

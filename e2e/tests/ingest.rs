@@ -494,13 +494,13 @@ fn stopped_broker_gives_503_then_recovers_without_losing_or_doubling() {
     outage_then_recovery(|b| b.kill(), |b| b.restart(), Duration::from_secs(4));
 }
 
-/// A paused broker keeps its connections open: without ingest's fix, the producer's locally
-/// bumped epoch reaches tansu the moment it resumes and its storage task panics.
+/// A paused broker keeps its connections open; requests time out inside librdkafka (its
+/// message timeout is the delivery timeout), the idempotent producer bumps its epoch, and
+/// produces resume with it once the broker answers again. The pause outlasts the aggregator's
+/// 6 s session timeout, so the group also has to form again.
 #[test]
 fn paused_broker_gives_503_then_recovers_without_losing_or_doubling() {
-    // Kept short (no hold): a pause longer than the aggregator's 6 s session timeout made it
-    // lose its assignment and tansu 0.6 never gave it back within 180 s (see README).
-    outage_then_recovery(|b| b.pause(), |b| b.resume(), Duration::ZERO);
+    outage_then_recovery(|b| b.pause(), |b| b.resume(), Duration::from_secs(5));
 }
 
 /// Load from retrying clients (each request retried with its Idempotency-Key until 200); the

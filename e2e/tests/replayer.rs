@@ -422,7 +422,6 @@ fn a_time_range_selects_exactly_the_records_of_its_window() {
             &t2_rfc3339,
         ],
     );
-    // What tansu's ListOffsets said, for the README (warnings where it disagrees).
     eprintln!("middle window rebuild:\n{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains(": 500 records "));
     assert_eq!(key_sums(&middle, &p.topic), windows[1].sums);
@@ -471,8 +470,7 @@ fn a_time_range_selects_exactly_the_records_of_its_window() {
     );
     assert_eq!(key_sums(&last, &p.topic), windows[2].sums);
 
-    // A time after every record means the end of each partition (tansu's ListOffsets answers
-    // offset 0 there; record timestamps do not).
+    // A time after every record means the end of each partition.
     let later = now_ms() + 60_000;
     let out = run_ok(&p, &["as-of", "--at", &format!("ts:{later}")]);
     let got: BTreeMap<String, i64> = csv::Reader::from_reader(&out.stdout[..])

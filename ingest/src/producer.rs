@@ -2,10 +2,11 @@
 //! the broker acknowledged every record of a request. The producer's queue is bounded
 //! (`queue.buffering.max.messages`): a full queue fails a request at once with 503, and a
 //! request whose records the broker does not acknowledge within the delivery timeout fails
-//! with 503 then, so no request waits without bound. librdkafka's own message timeout is off:
-//! its expiry bumps the idempotent producer's epoch locally, which tansu 0.6.0 cannot handle
-//! (ARCHITECTURE.md, "Broker outages"); records of a failed request stay queued and usually
-//! land once the broker is back, without restarting ingest.
+//! with 503 then, so no request waits without bound. librdkafka's message timeout is the same
+//! delivery timeout, so records of a failed request do not stay queued past it; after such a
+//! timeout the idempotent producer bumps its epoch (KIP-360) and goes on without a restart.
+//! A 503 never says the record is absent: it may have been appended, and a client that
+//! retries sends an idempotency key.
 
 use std::time::{Duration, Instant};
 
@@ -79,12 +80,6 @@ impl Appender {
                 "queue.buffering.max.messages",
                 max_queued_records.to_string(),
             )
-            // No message timeout inside librdkafka: `append` enforces the delivery timeout.
-            // A message timeout makes librdkafka's idempotent producer bump its epoch locally
-            // (KIP-360); tansu 0.6.0 knows only the epochs it handed out and its storage task
-            // panics on the first batch with a bumped epoch, after which it fails every
-            // produce of every client. See ARCHITECTURE.md "Broker outages".
-            .set("message.timeout.ms", "0")
             .create_with_context(Ctx)
             .context("cannot create the Kafka producer")?;
         Ok(Appender {

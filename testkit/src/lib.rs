@@ -1,11 +1,11 @@
-//! Test support for Tally's end-to-end tests: a real tansu broker per test on a free port with
-//! its own data directory ([`broker`]), Tally's binaries as child processes that can be killed
+//! Test support for Tally's end-to-end tests: a real Apache Kafka broker (one node, or a
+//! three-node KRaft cluster) per test on free ports with its own data directory ([`broker`]), Tally's binaries as child processes that can be killed
 //! and restarted ([`process`]), and HTTP helpers with ground-truth bookkeeping ([`client`]).
 //!
 //! What must not live here: any Tally logic. Tests check the product through its processes and
 //! its HTTP API, so this crate depends on none of Tally's crates.
 //!
-//! A missing broker binary is a loud failure, never a skip: run `infra/install-broker.sh`.
+//! A missing broker is a loud failure, never a skip: run `infra/install-kafka.sh`.
 
 pub mod broker;
 pub mod client;
