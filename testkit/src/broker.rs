@@ -64,7 +64,8 @@ impl Default for KafkaOptions {
         KafkaOptions {
             heap_mb: 512,
             flush_every_message: false,
-            extra: Vec::new(),
+            // One partition for group offsets: the coordinator is ready at once.
+            extra: vec!["offsets.topic.num.partitions=1".into()],
         }
     }
 }
