@@ -22,7 +22,7 @@ use serde::Serialize;
 use tally_pipeline::kafka::{partitions_of, KafkaArgs};
 use tally_pipeline::record::encode_value;
 use tally_pipeline::store::{OpenMode, Store};
-use tally_testkit::broker::Broker;
+use tally_testkit::broker::{kafka_version, Broker, KafkaOptions};
 use tally_testkit::process::Proc;
 use tally_testkit::{free_port, unique};
 
@@ -42,6 +42,10 @@ pub struct Config {
     pub p6_keys: u64,
     /// Binaries' build profile directory (`debug` or `release`).
     pub profile: String,
+    /// The broker fsyncs every record before acknowledging it (`log.flush.interval.messages=1`,
+    /// as Redpanda does by default); otherwise Kafka's default, acknowledging from the page
+    /// cache once every in-sync replica has the record.
+    pub broker_fsync: bool,
     pub work_dir: PathBuf,
 }
 
@@ -57,6 +61,7 @@ impl Config {
             p6_records: 20_000,
             p6_keys: 2_000,
             profile: std::env::var("TALLY_PROFILE").unwrap_or_else(|_| "debug".into()),
+            broker_fsync: false,
             work_dir: work_dir.to_path_buf(),
         }
     }
@@ -147,7 +152,7 @@ impl Services {
                 "--db".into(),
                 db.display().to_string(),
                 // Long enough that a machine busy with other work does not cost the single
-                // member its session mid-stage (tansu holds JoinGroup for half of it).
+                // member its session mid-stage.
                 "--session-timeout-ms".into(),
                 "20000".into(),
             ],
@@ -176,7 +181,11 @@ pub fn run(cfg: Config) -> anyhow::Result<Results> {
     std::fs::create_dir_all(&cfg.work_dir)?;
     let rt = tokio::runtime::Runtime::new()?;
     let svc = Services {
-        broker: Broker::start(),
+        broker: Broker::start_with(KafkaOptions {
+            heap_mb: 1024,
+            flush_every_message: cfg.broker_fsync,
+            ..KafkaOptions::default()
+        }),
         topic: unique("bench"),
         cfg: cfg.clone(),
     };
@@ -491,9 +500,8 @@ async fn raw_produce(
     mut truth: Option<&mut Truth>,
 ) -> anyhow::Result<f64> {
     kafka.ensure_topic().await?;
-    // No message timeout (like ingest): a backlog of a million queued records can take longer
-    // than any fixed timeout to drain on a loaded machine, and a timeout makes librdkafka bump
-    // the producer epoch, which tansu 0.6 does not survive (ARCHITECTURE.md, "Decisions").
+    // No message timeout: a backlog of a million queued records can take longer than any fixed
+    // timeout to drain on a loaded machine.
     let producer: FutureProducer = kafka
         .producer(Duration::ZERO)
         .set("queue.buffering.max.messages", "1000000")
@@ -853,7 +861,12 @@ fn diff_store(db: &Path, topic: &str, truth: &Truth) -> anyhow::Result<Vec<Strin
 /// BENCHMARKS.md's section for one run.
 pub fn markdown(res: &Results, cfg: &Config, machine: &str, date: &str, commit: &str) -> String {
     let mut s = String::new();
-    s.push_str(&format!("## Run of {date}\n\nMachine: {machine}. Commit: `{commit}`. Profile: {}. Stage length {} s, concurrency {}, {} keys, NDJSON batch {}, {} partitions; P6 {} records over {} keys.\n\n", cfg.profile, cfg.stage_s, cfg.concurrency, cfg.keys, cfg.ndjson_batch, cfg.partitions, cfg.p6_records, cfg.p6_keys));
+    let durability = if cfg.broker_fsync {
+        "fsync of every record before the acknowledgement (`log.flush.interval.messages=1`)"
+    } else {
+        "Kafka's default: acknowledged from the page cache, fsync left to the OS"
+    };
+    s.push_str(&format!("## Run of {date}\n\nBroker: Apache Kafka {}, one KRaft node on this machine; durability: {durability}.\n\nMachine: {machine}. Commit: `{commit}`. Profile: {}. Stage length {} s, concurrency {}, {} keys, NDJSON batch {}, {} partitions; P6 {} records over {} keys.\n\n", kafka_version(), cfg.profile, cfg.stage_s, cfg.concurrency, cfg.keys, cfg.ndjson_batch, cfg.partitions, cfg.p6_records, cfg.p6_keys));
     s.push_str("| | measure | numerator | denominator | ratio / value | target | met |\n|---|---|---|---|---|---|---|\n");
     for r in &res.ratios {
         s.push_str(&format!(

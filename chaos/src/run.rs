@@ -85,11 +85,18 @@ pub struct Figures {
     /// Per fault kind: recovery time in ms (until an acknowledged write is folded), max and mean.
     pub recovery_ms: BTreeMap<String, (f64, f64)>,
     pub verify_exit: Option<i32>,
+    /// Keys whose sum in a `replayer rebuild` of the whole log differs from the live database
+    /// (which was compared with the ground truth above); `None` when the rebuild failed.
+    pub rebuild_differences: Option<u64>,
 }
 
 impl Figures {
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.doubled == 0 && self.unfinished == 0 && self.verify_exit == Some(0)
+        self.lost == 0
+            && self.doubled == 0
+            && self.unfinished == 0
+            && self.verify_exit == Some(0)
+            && self.rebuild_differences == Some(0)
     }
 }
 
@@ -395,6 +402,35 @@ pub fn run(cfg: &Config) -> anyhow::Result<Figures> {
         eprintln!(
             "verify again ({again}), librdkafka fetch log in {}",
             log.display()
+        );
+    }
+    // The log rebuilds the same state from scratch. The aggregators stop first (SIGTERM: a
+    // final commit), so that the live database holds still while it is compared.
+    for (a, _) in &mut p.aggs {
+        a.terminate(Duration::from_secs(30));
+    }
+    let rebuilt = cfg.work_dir.join("rebuilt.db");
+    let _ = std::fs::remove_file(&rebuilt);
+    let out = std::process::Command::new(bin("replayer"))
+        .args(common(&p.broker, &p.topic, cfg.partitions))
+        .args(["rebuild", "--db", rebuilt.to_str().expect("utf-8 path")])
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("cannot run replayer rebuild")?;
+    if out.status.success() {
+        let live = check::stored_sums(&p.db, &p.topic)?;
+        let again = check::stored_sums(&rebuilt, &p.topic)?;
+        let keys: std::collections::BTreeSet<&String> = live.keys().chain(again.keys()).collect();
+        let differ = keys
+            .into_iter()
+            .filter(|k| live.get(*k).unwrap_or(&0) != again.get(*k).unwrap_or(&0))
+            .count();
+        figures.rebuild_differences = Some(differ as u64);
+    } else {
+        eprintln!(
+            "rebuild: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
     Ok(figures)

@@ -23,6 +23,11 @@ fn short_chaos_run_loses_and_doubles_nothing() {
         "increments never acknowledged (seed {seed})"
     );
     assert_eq!(f.verify_exit, Some(0), "replayer verify (seed {seed})");
+    assert_eq!(
+        f.rebuild_differences,
+        Some(0),
+        "replayer rebuild against the live database (seed {seed})"
+    );
     for (kind, at_least) in [
         ("aggregator_kill", 10),
         ("ingest_kill", 3),

@@ -223,11 +223,25 @@ fn check_common_shape(f: &str, doc: &Value, partitions: &str, replication: &str)
 fn single_node_compose_has_the_promised_shape() {
     let doc = yaml(&infra("compose.yaml"));
     check_common_shape("compose.yaml", &doc, "12", "1");
-    let command = doc["services"]["redpanda"]["command"].to_string();
-    assert!(
-        command.contains("--mode=dev-container"),
-        "redpanda: {command}"
+    assert_durable(
+        "redpanda",
+        &doc["services"]["redpanda"]["command"].to_string(),
     );
+}
+
+/// Redpanda's development modes bypass fsync and acknowledge before a write is on disk.
+fn assert_durable(broker: &str, command: &str) {
+    for weaker in [
+        "--mode=dev",
+        "--mode dev",
+        "developer_mode",
+        "write_caching",
+    ] {
+        assert!(
+            !command.contains(weaker),
+            "{broker} runs with {weaker}, weaker than acks=all promises: {command}"
+        );
+    }
 }
 
 #[test]
@@ -243,6 +257,7 @@ fn cluster_compose_runs_three_brokers_with_replication_factor_three() {
     assert_eq!(brokers, ["redpanda-0", "redpanda-1", "redpanda-2"]);
     for (i, b) in brokers.iter().enumerate() {
         let cmd = doc["services"][b]["command"].to_string();
+        assert_durable(b, &cmd);
         assert!(cmd.contains(&format!("--node-id={i}")), "{b}: {cmd}");
         assert!(
             cmd.contains("--seeds=redpanda-0:33145,redpanda-1:33145,redpanda-2:33145"),

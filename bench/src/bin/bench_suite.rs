@@ -16,6 +16,10 @@ struct Cli {
     p6_records: u64,
     #[arg(long, default_value_t = 100_000)]
     p6_keys: u64,
+    /// The broker fsyncs every record before acknowledging it (as Redpanda does); default:
+    /// Kafka's own default, acknowledged from the page cache.
+    #[arg(long)]
+    broker_fsync: bool,
     /// Where to append the results (nothing is written with --smoke unless given).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -26,6 +30,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let work = tally_testkit::workspace_root().join("target/bench-work");
     let mut cfg = tally_bench::suite::Config::smoke(&work);
+    cfg.broker_fsync = cli.broker_fsync;
     if !cli.smoke {
         cfg.stage_s = cli.stage_s;
         cfg.concurrency = cli.concurrency;
