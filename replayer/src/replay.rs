@@ -61,6 +61,9 @@ pub fn replay(
         other => other.clone(),
     };
     let stored = applier.assign(&all).context("cannot read stored offsets")?;
+    if stored.iter().any(|(_, s)| s.is_some()) {
+        tracing::info!(?stored, "continuing from the database's stored offsets");
+    }
     let mut tpl = TopicPartitionList::new();
     let mut ends: BTreeMap<i32, Option<i64>> = BTreeMap::new();
     let mut expected_records: Option<u64> = Some(0);

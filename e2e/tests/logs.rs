@@ -1,0 +1,108 @@
+//! Normal operation logs no ERROR (issue 17): a clean rebuild reaching every partition's end,
+//! and a pipeline run (ingest, aggregator, increments, a broker restart). Operators alert on
+//! ERROR, so it must mean something is wrong. A broker down for a moment is a WARN, logged
+//! once per event; an outage longer than 30 s is one ERROR (`tally_pipeline::kafka_log`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_sums, Pipeline};
+use tally_testkit::client::{http, GroundTruth};
+
+/// Lines at ERROR level in a log (tracing's text format: `<time>  ERROR <target>: ...`).
+fn error_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("ERROR"))
+        .collect()
+}
+
+/// Sends `n` single increments over a few keys; returns what was acknowledged.
+fn increments(base: &str, n: usize, seed: usize) -> GroundTruth {
+    let client = http();
+    let mut truth = GroundTruth::default();
+    for i in 0..n {
+        let key = format!("log-{}", (i * 7 + seed) % 13);
+        let value = (i % 5) as i64 + 1;
+        let r = client
+            .post(format!("{base}/increment"))
+            .form(&[("key", key.as_str()), ("value", &value.to_string())])
+            .send()
+            .expect("ingest answers");
+        assert_eq!(r.status(), 200, "{:?}", r.text());
+        let v: serde_json::Value = r.json().unwrap();
+        truth.add(&key, value);
+        truth.landed(
+            v["partition"].as_i64().unwrap() as i32,
+            v["offset"].as_i64().unwrap(),
+        );
+    }
+    truth
+}
+
+#[test]
+fn a_clean_rebuild_and_a_clean_pipeline_run_with_a_broker_restart_log_no_error() {
+    let mut p = Pipeline::new(6);
+    let ingest = p.ingest(&[]);
+    let agg = p.aggregator(&[]);
+    let mut truth = increments(&ingest.base, 60, 0);
+    p.wait_caught_up(&agg.base, &truth, Duration::from_secs(120));
+
+    // A rebuild at the default log level: every partition reaches its end.
+    let db = p.dir.path().join("rebuilt.db");
+    let out = std::process::Command::new(tally_testkit::process::bin("replayer"))
+        .args(["--brokers", &p.broker.addr(), "--topic", &p.topic])
+        .args(["rebuild", "--db", db.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("replay done"), "logged at info: {stderr}");
+    assert_eq!(error_lines(&stderr), Vec::<&str>::new(), "{stderr}");
+
+    // The broker goes away and comes back; both services recover by themselves.
+    let down = Instant::now();
+    p.broker.restart();
+    let outage = down.elapsed();
+    eprintln!("broker restart took {outage:?}");
+    truth.merge(increments(&ingest.base, 30, 1));
+    p.wait_caught_up(&agg.base, &truth, Duration::from_secs(120));
+    assert_sums(&agg.base, &truth);
+
+    for (name, log) in [
+        ("ingest", ingest.proc.log_text()),
+        ("aggregator", agg.proc.log_text()),
+    ] {
+        let errors = error_lines(&log);
+        if outage < Duration::from_secs(25) {
+            assert_eq!(errors, Vec::<&str>::new(), "{name}:\n{log}");
+        } else {
+            // A restart this slow may pass the 30 s threshold: then one outage line, nothing else.
+            assert!(
+                errors.len() <= 1
+                    && errors
+                        .iter()
+                        .all(|l| l.contains("no kafka broker reachable")),
+                "{name}:\n{log}"
+            );
+        }
+        // The outage was seen, as warnings, and no event twice (the same line within a second).
+        let warns: Vec<(chrono::DateTime<chrono::Utc>, &str)> = log
+            .lines()
+            .filter(|l| l.contains("kafka broker unreachable"))
+            .filter_map(|l| {
+                let (time, rest) = l.split_once(' ')?;
+                Some((time.parse().ok()?, rest))
+            })
+            .collect();
+        assert!(!warns.is_empty(), "{name} logged the outage:\n{log}");
+        for w in warns.windows(2) {
+            let apart = (w[1].0 - w[0].0).num_milliseconds();
+            assert!(
+                w[0].1 != w[1].1 || apart >= 1000,
+                "{name} logged an event twice:\n{log}"
+            );
+        }
+    }
+}
