@@ -69,18 +69,33 @@ fn a_clean_rebuild_and_a_clean_pipeline_run_with_a_broker_restart_log_no_error()
     let mut truth = increments(&ingest.base, 60, 0);
     p.wait_caught_up(&agg.base, &truth, Duration::from_secs(120));
 
-    // A rebuild at the default log level: every partition reaches its end.
+    // The replayer at the default log level: every partition reaches its end.
     let db = p.dir.path().join("rebuilt.db");
-    let out = std::process::Command::new(tally_testkit::process::bin("replayer"))
-        .args(["--brokers", &p.broker.addr(), "--topic", &p.topic])
-        .args(["rebuild", "--db", db.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("replay done"), "logged at info: {stderr}");
-    assert_eq!(error_lines(&stderr), Vec::<&str>::new(), "{stderr}");
+    let (db, live) = (db.to_str().unwrap(), p.db());
+    for args in [
+        &["rebuild", "--db", db][..],
+        &["rebuild", "--db", db, "--continue"],
+        &["verify", "--db", live.to_str().unwrap()],
+        &["as-of", "--at", "end"],
+    ] {
+        let out = std::process::Command::new(tally_testkit::process::bin("replayer"))
+            .args(["--brokers", &p.broker.addr(), "--topic", &p.topic])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(" INFO "),
+            "{args:?} logged at info: {stderr}"
+        );
+        assert_eq!(
+            error_lines(&stderr),
+            Vec::<&str>::new(),
+            "{args:?}: {stderr}"
+        );
+    }
 
     // The broker goes away and comes back; both services recover by themselves.
     let down = Instant::now();
