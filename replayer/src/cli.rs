@@ -87,11 +87,13 @@ pub enum Command {
 /// database was already complete, so an operator who reran it to be sure knows where they stand.
 fn rebuilt_line(db: &std::path::Path, s: &crate::replay::Summary, resume: bool) -> String {
     if resume && s.records == 0 {
+        let read = match s.partitions {
+            0 => String::new(),
+            n => format!(" ({n} partitions read to their end)"),
+        };
         return format!(
-            "nothing left to replay: {} already holds the whole range asked for ({} partitions up \
-             to date)",
-            db.display(),
-            s.partitions
+            "nothing left to replay: {} already holds the whole range asked for{read}",
+            db.display()
         );
     }
     format!(
@@ -235,5 +237,13 @@ mod tests {
             ..nothing
         };
         assert!(rebuilt_line(db, &some, true).starts_with("rebuilt x.db: 5 records"));
+        let skipped = crate::replay::Summary {
+            partitions: 0,
+            ..nothing
+        };
+        assert_eq!(
+            rebuilt_line(db, &skipped, true),
+            "nothing left to replay: x.db already holds the whole range asked for"
+        );
     }
 }
