@@ -139,7 +139,7 @@ pub fn routes(
         .unify()
         .recover(tally_http::recover)
         .unify()
-        .with(warp::trace::request())
+        .with(tally_http::access_log())
 }
 
 /// `P:O`, a partition and an offset, as in `min_offset` and `after`.

@@ -28,14 +28,16 @@ use std::time::{Duration, Instant};
 use rdkafka::statistics::Statistics;
 
 use anyhow::Context as _;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tally_pipeline::applier::Applier;
 use tally_pipeline::fold::Folded;
+use tally_pipeline::kafka_log::ClientLog;
 use tally_pipeline::store::{OpenMode, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +57,8 @@ struct Ctx {
     /// An error the rebalance callback could not recover from; the loop exits with it.
     fatal: Mutex<Option<anyhow::Error>>,
     progress: ProgressTx,
+    /// librdkafka's reports, logged once and at their level.
+    client_log: ClientLog,
 }
 
 impl Ctx {
@@ -176,16 +180,13 @@ impl ClientContext for Ctx {
         }
     }
 
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.client_log.log(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        // librdkafka reports reaching a partition's end through here as well; it is not an error.
-        if matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::debug!(reason, "partition end reached");
-        } else {
-            tracing::error!(%error, reason, "kafka client error");
-        }
+        // Partition ends are debug, unreachable brokers a warning until the outage lasts.
+        self.client_log.error(&error, reason);
     }
 }
 
@@ -262,6 +263,7 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
         applier: Mutex::new(Applier::new(store)),
         fatal: Mutex::new(None),
         progress,
+        client_log: ClientLog::new(),
     };
     let consumer: BaseConsumer<Ctx> = config
         .kafka
@@ -342,6 +344,10 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
                     if let Some(end) = end {
                         consumer.context().log_end(p, end);
                     }
+                }
+                // Error events also went to the context's error callback, which logged them.
+                Some(Err(e @ KafkaError::MessageConsumption(_))) => {
+                    tracing::debug!(error = %e, "consumer error")
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => drained = true,

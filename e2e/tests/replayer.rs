@@ -519,3 +519,155 @@ fn the_recovery_runbook_recovers_a_deleted_database() {
     let out = run_ok(&p, &["verify", "--db", db.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
 }
+
+/// Issue 17: rerunning `rebuild --continue` on a rebuild that had finished succeeds and says
+/// there was nothing left; "another process wrote" appears only when something did write to
+/// the database's offsets during a continued replay. Also: the broker and topic flags work after
+/// the subcommand and from the environment.
+#[test]
+fn a_continue_with_nothing_left_succeeds_and_only_a_real_writer_is_reported() {
+    let p = Pipeline::new(4);
+    let ingest = p.ingest(&[]);
+    let first = send(&ingest.base, 10, 5000, 2000, 7);
+    let mut truth = first.clone();
+    truth.merge(send(&ingest.base, 10, 5000, 2000, 8));
+    let total: i64 = ends(&truth).values().sum();
+
+    // A rebuild that finished, continued twice: nothing to do, exit 0, and it says so.
+    let done = p.dir.path().join("done.db");
+    run_ok(&p, &["rebuild", "--db", done.to_str().unwrap()]);
+    assert_eq!(stored_offsets(&done, &p.topic), ends(&truth));
+    for _ in 0..2 {
+        let out = run_ok(
+            &p,
+            &["rebuild", "--db", done.to_str().unwrap(), "--continue"],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.starts_with("nothing left to replay: ") && stdout.contains("4 partitions"),
+            "{}",
+            text(&out)
+        );
+        assert!(!text(&out).contains("another process"), "{}", text(&out));
+    }
+    assert_eq!(stored_offsets(&done, &p.topic), ends(&truth));
+    assert_eq!(key_sums(&done, &p.topic), truth.sums);
+
+    // Flags after the subcommand, and from the environment alone.
+    let db = done.to_str().unwrap();
+    let addr = p.broker.addr();
+    let after = std::process::Command::new(tally_testkit::process::bin("replayer"))
+        .args([
+            "verify",
+            "--brokers",
+            &addr,
+            "--topic",
+            &p.topic,
+            "--db",
+            db,
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(after.status.code(), Some(0), "{}", text(&after));
+    assert!(String::from_utf8_lossy(&after.stdout).starts_with("ok: "));
+    let from_env = std::process::Command::new(tally_testkit::process::bin("replayer"))
+        .args(["verify", "--db", db])
+        .env("RUST_LOG", "warn")
+        .env("TALLY_BROKERS", &addr)
+        .env("TALLY_TOPIC", &p.topic)
+        .output()
+        .unwrap();
+    assert_eq!(from_env.status.code(), Some(0), "{}", text(&from_env));
+    // The wrong topic from the environment is overridden by the flag after the subcommand.
+    let overridden = std::process::Command::new(tally_testkit::process::bin("replayer"))
+        .args(["verify", "--topic", &p.topic, "--db", db])
+        .env("RUST_LOG", "warn")
+        .env("TALLY_BROKERS", &addr)
+        .env("TALLY_TOPIC", "no-such-topic")
+        .output()
+        .unwrap();
+    assert_eq!(overridden.status.code(), Some(0), "{}", text(&overridden));
+
+    // A continued replay (the first half was rebuilt with --to) during which another writer
+    // moves one partition's stored offset: that partition is named, exit 2.
+    let half = p.dir.path().join("half.db");
+    let half_at = positions(&ends(&first));
+    run_ok(
+        &p,
+        &["rebuild", "--db", half.to_str().unwrap(), "--to", &half_at],
+    );
+    let half_sum: i64 = ends(&first).values().sum();
+    let args: Vec<String> = [
+        "--brokers",
+        &addr,
+        "--topic",
+        &p.topic,
+        "rebuild",
+        "--db",
+        half.to_str().unwrap(),
+        "--continue",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut rerun = Proc::start("replayer", &args, &[], p.dir.path());
+    // Once it has read the stored offsets, the broker stops answering for a moment (so the
+    // replay cannot finish meanwhile) and the other writer moves the offset of a partition the
+    // replay has not finished, in one transaction.
+    wait_for(
+        "the continued rebuild to read its stored offsets",
+        Duration::from_secs(60),
+        || {
+            rerun
+                .log_text()
+                .contains("continuing from the database's stored offsets")
+                .then_some(())
+        },
+    );
+    p.broker.pause();
+    let want = ends(&truth);
+    let mut c = rusqlite::Connection::open(&half).unwrap();
+    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    let tx = c
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    let now: BTreeMap<i32, i64> = {
+        let mut s = tx
+            .prepare("SELECT partition, next_offset FROM offsets")
+            .unwrap();
+        let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let (&partition, &at) = now
+        .iter()
+        .find(|(q, at)| **at < want[q])
+        .unwrap_or_else(|| {
+            panic!(
+                "the replay finished at once ({now:?}):\n{}",
+                rerun.log_text()
+            )
+        });
+    let moved_to = at + 1;
+    tx.execute(
+        "UPDATE offsets SET next_offset = ?1 WHERE partition = ?2",
+        [moved_to, partition as i64],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    p.broker.resume();
+    let status = rerun.wait(Duration::from_secs(120));
+    let log = rerun.log_text();
+    assert_eq!(status.code(), Some(2), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {log}"));
+    assert!(
+        line.contains("another process wrote")
+            && line.contains(&format!("{partition} (now at offset {moved_to})"))
+            && line.contains("rebuild --continue"),
+        "{line}"
+    );
+    assert!(total > half_sum);
+}

@@ -144,3 +144,19 @@ pub fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clon
         .and(warp::get())
         .map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
 }
+
+/// The access log both services use, in place of `warp::trace::request()`, whose line for every
+/// 5xx is an ERROR: a 503 while the broker is away, or under back-pressure, is the service
+/// working as documented, and its cause is logged where it happens (a broker timeout, the
+/// broker outage itself). Every request is a debug line; only a 500, a bug, is an ERROR.
+pub fn access_log() -> warp::log::Log<impl Fn(warp::log::Info<'_>) + Copy> {
+    warp::log::custom(|info| {
+        let (method, path, status) = (info.method(), info.path(), info.status());
+        let elapsed_ms = info.elapsed().as_millis() as u64;
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(%method, path, status = status.as_u16(), elapsed_ms, "request failed");
+        } else {
+            tracing::debug!(%method, path, status = status.as_u16(), elapsed_ms, "request");
+        }
+    })
+}

@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::future::join_all;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientContext;
 use tally_http::ApiError;
 use tally_pipeline::kafka::KafkaArgs;
+use tally_pipeline::kafka_log::{ClientLog, Verdict};
 use tally_pipeline::record::{encode_value, IDEMPOTENCY_HEADER};
 use warp::http::StatusCode;
 
@@ -52,13 +54,20 @@ impl Idempotency<'_> {
     }
 }
 
-/// Counts and logs the errors librdkafka reports outside any request (lost connections...).
-pub struct Ctx;
+/// Counts and logs the errors librdkafka reports outside any request (lost connections...),
+/// each once ([`ClientLog`]: an unreachable broker is a warning until the outage lasts).
+#[derive(Default)]
+pub struct Ctx(ClientLog);
 
 impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.0.log(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        metrics::counter!(telemetry::CLIENT_ERRORS).increment(1);
-        tracing::warn!(%error, reason, "kafka client error");
+        if !matches!(self.0.error(&error, reason), Verdict::Skip | Verdict::Debug) {
+            metrics::counter!(telemetry::CLIENT_ERRORS).increment(1);
+        }
     }
 }
 
@@ -80,7 +89,7 @@ impl Appender {
                 "queue.buffering.max.messages",
                 max_queued_records.to_string(),
             )
-            .create_with_context(Ctx)
+            .create_with_context(Ctx::default())
             .context("cannot create the Kafka producer")?;
         Ok(Appender {
             producer,

@@ -238,7 +238,7 @@ pub fn routes(
             )
             .increment(1);
         }))
-        .with(warp::trace::request())
+        .with(tally_http::access_log())
 }
 
 fn render_metrics(state: &State, guards: &Guards) -> Response {

@@ -5,18 +5,25 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 
-/// Where the log is: flags every binary takes.
+/// Where the log is: flags every binary takes. The broker and topic flags are `global`: a
+/// binary with subcommands (the replayer) accepts them before or after the subcommand. The
+/// topic-creation flags are not (the replayer creates no topic, and `verify --partitions` is
+/// its own flag).
 #[derive(clap::Args, Debug, Clone)]
 pub struct KafkaArgs {
     /// Bootstrap brokers, comma-separated host:port.
-    #[arg(long, env = "TALLY_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub brokers: String,
     /// Topic that holds the increments.
-    #[arg(long, env = "TALLY_TOPIC", default_value = "increments")]
+    #[arg(long, global = true, env = "TALLY_TOPIC", default_value = "increments")]
     pub topic: String,
     /// Partitions to create the topic with when it is missing.
     #[arg(long, env = "TALLY_PARTITIONS", default_value_t = 12,
@@ -27,7 +34,7 @@ pub struct KafkaArgs {
           value_parser = clap::value_parser!(i32).range(1..=16))]
     pub replication_factor: i32,
     /// librdkafka debug contexts to log (e.g. `fetch,protocol`), for diagnosing the broker.
-    #[arg(long, env = "TALLY_KAFKA_DEBUG")]
+    #[arg(long, global = true, env = "TALLY_KAFKA_DEBUG")]
     pub kafka_debug: Option<String>,
 }
 
@@ -103,9 +110,9 @@ impl KafkaArgs {
 
     /// Creates the topic when it is missing; an existing topic is fine whatever its size.
     pub async fn ensure_topic(&self) -> anyhow::Result<()> {
-        let admin: AdminClient<DefaultClientContext> = self
+        let admin: AdminClient<crate::kafka_log::LoggingContext> = self
             .base()
-            .create()
+            .create_with_context(crate::kafka_log::LoggingContext::default())
             .context("cannot create the Kafka admin client")?;
         let topic = NewTopic::new(
             &self.topic,

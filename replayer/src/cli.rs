@@ -83,6 +83,28 @@ pub enum Command {
     },
 }
 
+/// The line a rebuild ends with. A `--continue` that found nothing to fold says that the
+/// database was already complete, so an operator who reran it to be sure knows where they stand.
+fn rebuilt_line(db: &std::path::Path, s: &crate::replay::Summary, resume: bool) -> String {
+    if resume && s.records == 0 {
+        let read = match s.partitions {
+            0 => String::new(),
+            n => format!(" ({n} partitions read to their end)"),
+        };
+        return format!(
+            "nothing left to replay: {} already holds the whole range asked for{read}",
+            db.display()
+        );
+    }
+    format!(
+        "rebuilt {}: {} records over {} partitions ({} quarantined)",
+        db.display(),
+        s.records,
+        s.partitions,
+        s.rejected
+    )
+}
+
 pub fn run(cli: Cli) -> ExitCode {
     match execute(cli) {
         Ok(code) => code,
@@ -116,13 +138,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             let mut applier = Applier::new(store);
             let s = crate::replay::replay(&cli.kafka, &mut applier, &from, &to, None)?;
-            println!(
-                "rebuilt {}: {} records over {} partitions ({} quarantined)",
-                db.display(),
-                s.records,
-                s.partitions,
-                s.rejected
-            );
+            println!("{}", rebuilt_line(&db, &s, resume));
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { db, only } => {
@@ -164,5 +180,70 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("replayer").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn broker_and_topic_go_before_or_after_the_subcommand() {
+        for args in [
+            &["--brokers", "b:1", "--topic", "t", "verify", "--db", "x.db"][..],
+            &["verify", "--brokers", "b:1", "--topic", "t", "--db", "x.db"],
+            &["--brokers", "b:1", "verify", "--db", "x.db", "--topic", "t"],
+        ] {
+            let cli = parse(args);
+            assert_eq!(
+                (cli.kafka.brokers.as_str(), cli.kafka.topic.as_str()),
+                ("b:1", "t")
+            );
+            assert!(
+                matches!(cli.command, Command::Verify { ref db, .. } if db.as_os_str() == "x.db")
+            );
+        }
+        let cli = parse(&["rebuild", "--db", "n.db", "--continue", "--topic", "t2"]);
+        assert_eq!(cli.kafka.topic, "t2");
+        assert!(matches!(cli.command, Command::Rebuild { resume: true, .. }));
+        let cli = parse(&["as-of", "--brokers", "b:2"]);
+        assert_eq!(cli.kafka.brokers, "b:2");
+    }
+
+    #[test]
+    fn verify_partitions_after_the_subcommand_is_the_filter() {
+        let cli = parse(&["--partitions", "4", "verify", "--partitions", "0,3"]);
+        assert_eq!(cli.kafka.partitions, 4);
+        assert!(matches!(cli.command, Command::Verify { ref only, .. } if only == &[0, 3]));
+    }
+
+    #[test]
+    fn a_continue_with_nothing_to_do_says_so() {
+        let db = std::path::Path::new("x.db");
+        let nothing = crate::replay::Summary {
+            records: 0,
+            rejected: 0,
+            partitions: 12,
+        };
+        assert!(rebuilt_line(db, &nothing, true).starts_with("nothing left to replay: x.db"));
+        assert!(rebuilt_line(db, &nothing, false).starts_with("rebuilt x.db: 0 records"));
+        let some = crate::replay::Summary {
+            records: 5,
+            ..nothing
+        };
+        assert!(rebuilt_line(db, &some, true).starts_with("rebuilt x.db: 5 records"));
+        let skipped = crate::replay::Summary {
+            partitions: 0,
+            ..nothing
+        };
+        assert_eq!(
+            rebuilt_line(db, &skipped, true),
+            "nothing left to replay: x.db already holds the whole range asked for"
+        );
     }
 }

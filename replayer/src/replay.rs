@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -19,6 +20,7 @@ use rdkafka::ClientContext;
 use tally_pipeline::applier::Applier;
 use tally_pipeline::fold::Folded;
 use tally_pipeline::kafka::{partitions_of, KafkaArgs};
+use tally_pipeline::kafka_log::ClientLog;
 
 use crate::positions::{From, To};
 use crate::progress::Progress;
@@ -59,6 +61,9 @@ pub fn replay(
         other => other.clone(),
     };
     let stored = applier.assign(&all).context("cannot read stored offsets")?;
+    if stored.iter().any(|(_, s)| s.is_some()) {
+        tracing::info!(?stored, "continuing from the database's stored offsets");
+    }
     let mut tpl = TopicPartitionList::new();
     let mut ends: BTreeMap<i32, Option<i64>> = BTreeMap::new();
     let mut expected_records: Option<u64> = Some(0);
@@ -135,6 +140,10 @@ pub fn replay(
                 close(&consumer, &kafka.topic, &mut open, p);
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
+            // Already logged by the context's error callback.
+            Some(Err(e @ KafkaError::MessageConsumption(_))) => {
+                tracing::debug!(error = %e, "reader error")
+            }
             Some(Err(e)) => tracing::warn!(error = %e, "reader error"),
             None => {}
         }
@@ -180,17 +189,18 @@ fn estimate(
     Some(end.unwrap_or(high).saturating_sub(start).max(0) as u64)
 }
 
-/// The reader's client context: librdkafka also reports reaching a partition's end as a client
-/// error, which is how a replay finishes, not something to log as an error.
-pub(crate) struct ReaderContext;
+/// The reader's client context: librdkafka's reports logged once, at their level
+/// ([`ClientLog`]; reaching a partition's end, how a replay finishes, is debug).
+#[derive(Default)]
+pub(crate) struct ReaderContext(ClientLog);
 
 impl ClientContext for ReaderContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.0.log(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_)) {
-            tracing::debug!(reason, "partition end reached");
-        } else {
-            tracing::error!(%error, reason, "kafka client error");
-        }
+        self.0.error(&error, reason);
     }
 }
 
@@ -209,7 +219,7 @@ pub(crate) fn reader(kafka: &KafkaArgs) -> anyhow::Result<Reader> {
     kafka
         .reader()
         .set("fetch.max.bytes", FETCH_MAX_BYTES)
-        .create_with_context(ReaderContext)
+        .create_with_context(ReaderContext::default())
         .context("cannot create the Kafka reader")
 }
 
@@ -225,12 +235,43 @@ pub(crate) fn close(consumer: &Reader, topic: &str, open: &mut BTreeSet<i32>, p:
 fn commit(applier: &mut Applier, summary: &mut Summary) -> anyhow::Result<()> {
     let r = applier.commit().context("cannot commit to the database")?;
     if !r.fenced.is_empty() {
-        bail!(
-            "another process wrote to this database's partitions {:?} during the replay",
-            r.fenced
-        );
+        bail!("{}", fenced_message(&r.fenced));
     }
     summary.records += r.records;
     summary.rejected += r.rejected;
     Ok(())
+}
+
+/// What to say when a commit was fenced: the stored offset of those partitions is no longer the
+/// one this replay started from or last committed, so something else wrote them.
+fn fenced_message(fenced: &[(i32, Option<i64>)]) -> String {
+    let moved: Vec<String> = fenced
+        .iter()
+        .map(|(p, stored)| match stored {
+            Some(o) => format!("{p} (now at offset {o})"),
+            None => format!("{p} (now without an offset)"),
+        })
+        .collect();
+    format!(
+        "another process wrote to this database's partitions {} during the replay (an aggregator \
+         or another replayer on the same file?); this replay's last commit for them was not \
+         written: stop the other writer, then run rebuild --continue again",
+        moved.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fence_names_each_partition_and_where_it_is_now() {
+        let m = fenced_message(&[(0, Some(2812)), (3, None)]);
+        assert!(m.starts_with("another process wrote"), "{m}");
+        assert!(
+            m.contains("0 (now at offset 2812), 3 (now without an offset)"),
+            "{m}"
+        );
+        assert!(m.ends_with("run rebuild --continue again"), "{m}");
+    }
 }
