@@ -329,9 +329,11 @@ fn verify_catches_an_altered_sum_a_missing_key_and_an_extra_key() {
 fn a_rebuild_killed_half_way_and_rerun_with_continue_ends_exact() {
     let p = Pipeline::new(4);
     let ingest = p.ingest(&[]);
-    let truth = send(&ingest.base, 20, 5000, 2000, 4);
+    // Enough records that the rebuild is still running at its first commit (500 ms in): on
+    // Kafka a rebuild folds about 100k records a second.
+    let truth = send(&ingest.base, 120, 5000, 2000, 4);
     let total: i64 = ends(&truth).values().sum();
-    assert_eq!(total, 100_000);
+    assert_eq!(total, 600_000);
 
     let db = p.dir.path().join("rebuild.db");
     let args: Vec<String> = [
