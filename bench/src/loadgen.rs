@@ -121,6 +121,7 @@ fn percentiles(h: &Histogram<u64>, scale: f64) -> Percentiles {
 pub struct Report {
     pub format: String,
     pub concurrency: usize,
+    /// Requests answered 200 (failures are not served requests).
     pub requests: u64,
     pub increments: u64,
     /// Non-200 answers and transport errors by status ("error" for transport).
@@ -177,6 +178,14 @@ pub async fn run(args: &Args) -> anyhow::Result<(Report, Truth)> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    // A failed request is not a served one: rates count 200s only (failures are listed apart).
+    // ("not_fresh" marks a 200 whose read-your-writes read failed: it was served.)
+    let requests = requests
+        - failures
+            .iter()
+            .filter(|(k, _)| k.as_str() != "not_fresh")
+            .map(|(_, v)| v)
+            .sum::<u64>();
     if let Some(path) = &args.truth {
         std::fs::write(path, serde_json::to_vec(&truth)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
