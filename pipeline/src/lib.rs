@@ -14,3 +14,4 @@ pub mod record;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod topic;
