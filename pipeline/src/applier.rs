@@ -19,6 +19,9 @@ pub struct CommitReport {
     /// the beginning). Their pending work was dropped; the caller must seek there.
     pub fenced: Vec<(i32, Option<i64>)>,
     pub committed: Vec<(i32, i64)>,
+    /// Offsets committed past without a record (transaction markers, aborted records), per
+    /// partition where there were any.
+    pub skipped: Vec<(i32, u64)>,
 }
 
 pub struct Applier {
@@ -104,6 +107,12 @@ impl Applier {
         self.owned.get(&partition).and_then(|b| b.next)
     }
 
+    /// Whether any owned partition has something to commit: records, or only a next offset
+    /// moved past markers.
+    pub fn has_work(&self) -> bool {
+        !self.owned.values().all(PartitionBatch::is_empty)
+    }
+
     /// Records folded but not yet committed.
     pub fn pending_records(&self) -> u64 {
         self.owned.values().map(PartitionBatch::records).sum()
@@ -153,6 +162,9 @@ impl Applier {
             let done = std::mem::replace(slot, fresh);
             report.records += done.records();
             report.rejected += done.rejected.len() as u64;
+            if done.skipped_offsets > 0 {
+                report.skipped.push((p, done.skipped_offsets));
+            }
         }
         for f in fenced {
             self.owned

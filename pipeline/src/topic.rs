@@ -96,14 +96,13 @@ impl Unreadable {
             Unreadable::StartPastStored { next, log_start } => format!(
                 "topic {topic} partition {partition}: the log starts at offset {log_start} but the \
                  next offset to fold is {next}; records {next}..{log_start} were deleted \
-                 (retention or DeleteRecords) before they were folded, so this partition stopped \
-                 (README, Recovery: records deleted before they were folded)"
+                 (retention or DeleteRecords) before they were folded (README, Recovery: records \
+                 deleted before they were folded)"
             ),
             Unreadable::EndBeforeStored { next, log_end } => format!(
                 "topic {topic} partition {partition}: the log ends at offset {log_end} but the \
                  database has folded up to offset {next}; the topic was recreated or the broker \
-                 lost data, so this partition stopped (README, Recovery: topic recreated or \
-                 broker wiped)"
+                 lost data (README, Recovery: topic recreated or broker wiped)"
             ),
         }
     }
