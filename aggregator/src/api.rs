@@ -419,13 +419,22 @@ async fn get_rejected(q: RejectedQuery, api: Api) -> Result<Response, ApiError> 
     ))
 }
 
-/// 200 once this process is in the group and the lag of the partitions it owns is known and
-/// at most the bound; 503 otherwise.
+/// 200 once this process is in the group, none of its partitions is stopped (the log does not
+/// cover its stored offset) and the lag of the partitions it owns is known and at most the
+/// bound; 503 otherwise (`partition_stopped` names topic, partitions and offsets).
 fn readyz(api: Api) -> Result<Response, ApiError> {
     let progress = api.progress.borrow().clone();
     let not_ready = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", m);
     if !progress.joined {
         return Err(not_ready("not in the consumer group yet".into()));
+    }
+    if !progress.stopped.is_empty() {
+        let why: Vec<&str> = progress.stopped.values().map(String::as_str).collect();
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "partition_stopped",
+            why.join("; "),
+        ));
     }
     match progress.owned_lag() {
         None => Err(not_ready(
@@ -624,6 +633,19 @@ mod tests {
             p.committed.insert(2, 6);
         });
         assert_eq!(get(&api, "/readyz").await.0, 200);
+        tx.send_modify(|p| {
+            p.stopped
+                .insert(2, "topic t partition 2: the log starts at offset 9".into());
+        });
+        let (s, v) = get(&api, "/readyz").await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (503, Some("partition_stopped"))
+        );
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("partition 2: the log starts at offset 9"));
         let r = warp::test::request()
             .path("/metrics")
             .reply(&routes(api))

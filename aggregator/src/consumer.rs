@@ -18,6 +18,17 @@
 //! channel ([`crate::progress`]) for read-your-writes, and the log end offsets librdkafka's
 //! statistics report give each owned partition's lag.
 //!
+//! Each partition is read from exactly the stored offset (0 when none) with
+//! `auto.offset.reset=error`, so the reader never jumps: offsets it does not hand over between
+//! two records are transaction markers or aborted records (`read_committed`), and the batch
+//! passes them ([`tally_pipeline::fold::PartitionBatch::positioned`]). When every fetched record
+//! is folded, each batch moves to the reader's position, past trailing markers. A start offset
+//! outside the log (records deleted before they were folded, or a recreated topic or wiped
+//! broker) raises an offset-reset error instead of a jump: the consumer judges each owned
+//! partition against its watermarks ([`tally_pipeline::topic::judge_position`]) and stops the
+//! ones the log no longer covers, with one log line, a metric and `/readyz` saying which and why;
+//! the other partitions go on.
+//!
 //! The loop runs on a dedicated thread: librdkafka's rebalance callback runs inside `poll` on
 //! that same thread, so the applier's mutex is never contended by the callback, and SQLite's
 //! blocking calls never stall the async HTTP side.
@@ -30,15 +41,18 @@ use rdkafka::statistics::Statistics;
 use anyhow::Context as _;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
+use std::collections::BTreeMap;
+
 use tally_pipeline::applier::Applier;
 use tally_pipeline::fold::Folded;
 use tally_pipeline::kafka_log::ClientLog;
 use tally_pipeline::store::{OpenMode, Store};
+use tally_pipeline::topic::{judge_position, Unreadable};
 use tokio_util::sync::CancellationToken;
 
 use crate::instruments;
@@ -59,6 +73,8 @@ struct Ctx {
     progress: ProgressTx,
     /// librdkafka's reports, logged once and at their level.
     client_log: ClientLog,
+    /// Owned partitions stopped because the log does not cover their stored offset.
+    stopped: Mutex<BTreeMap<i32, Unreadable>>,
 }
 
 impl Ctx {
@@ -93,7 +109,50 @@ impl Ctx {
         });
     }
 
+    fn stopped(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, Unreadable>> {
+        self.stopped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets that partitions were stopped (given up, or assigned afresh: judged again).
+    fn unstop(&self, parts: &[i32]) {
+        let mut stopped = self.stopped();
+        for p in parts {
+            if let Some(u) = stopped.remove(p) {
+                instruments::stopped(*p, u.reason(), false);
+            }
+        }
+        drop(stopped);
+        self.progress.send_if_modified(|pr| {
+            let before = pr.stopped.len();
+            pr.stopped.retain(|p, _| !parts.contains(p));
+            pr.stopped.len() != before
+        });
+    }
+
+    /// Stops a partition the log does not cover: one error line, the metric, `/readyz`.
+    fn stop(&self, partition: i32, why: Unreadable, log_start: i64, log_end: i64) {
+        let text = format!(
+            "{}; this partition stopped, the others go on",
+            why.describe(&self.topic, partition)
+        );
+        let next = match why {
+            Unreadable::StartPastStored { next, .. } | Unreadable::EndBeforeStored { next, .. } => {
+                next
+            }
+        };
+        tracing::error!(
+            topic = %self.topic, partition, next_offset = next, log_start, log_end,
+            reason = why.reason(), "partition stopped: {text}"
+        );
+        instruments::stopped(partition, why.reason(), true);
+        self.stopped().insert(partition, why);
+        self.progress.send_modify(|pr| {
+            pr.stopped.insert(partition, text);
+        });
+    }
+
     fn given_up(&self, parts: &[i32]) {
+        self.unstop(parts);
         self.progress.send_modify(|pr| {
             for p in parts {
                 pr.owned.remove(p);
@@ -210,8 +269,11 @@ impl ConsumerContext for Ctx {
                         return;
                     }
                 };
+                // Exactly the stored offset, 0 when none: never `Beginning`, which would follow
+                // a log start that moved past records nobody folded.
+                self.unstop(&parts);
                 for (p, start) in &starts {
-                    let offset = start.map_or(Offset::Beginning, Offset::Offset);
+                    let offset = Offset::Offset(start.unwrap_or(0));
                     if let Err(e) = tpl.set_partition_offset(&self.topic, *p, offset) {
                         self.fail(anyhow::Error::new(e).context("cannot set start offset"));
                     }
@@ -221,6 +283,11 @@ impl ConsumerContext for Ctx {
                 self.assigned(&starts);
                 if let Err(e) = consumer.assign(tpl) {
                     self.fail(anyhow::Error::new(e).context("cannot assign partitions"));
+                } else {
+                    let mut applier = self.applier();
+                    for p in &parts {
+                        applier.positioned(*p);
+                    }
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -264,6 +331,7 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
         fatal: Mutex::new(None),
         progress,
         client_log: ClientLog::new(),
+        stopped: Mutex::new(BTreeMap::new()),
     };
     let consumer: BaseConsumer<Ctx> = config
         .kafka
@@ -301,7 +369,7 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
         let mut drained = false;
         if !paused {
             // With work pending, wait for more records only until a drained commit is due.
-            let timeout = if last_ok && consumer.context().applier().pending_records() > 0 {
+            let timeout = if last_ok && consumer.context().applier().has_work() {
                 config
                     .min_commit_interval()
                     .saturating_sub(last_commit.elapsed())
@@ -312,6 +380,9 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
             match consumer.poll(timeout) {
                 Some(Ok(m)) => {
                     let (p, offset) = (m.partition(), m.offset());
+                    if consumer.context().stopped().contains_key(&p) {
+                        continue;
+                    }
                     let folded = consumer.context().applier().fold(
                         p,
                         offset,
@@ -326,12 +397,12 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
                     match folded {
                         Ok(Folded::Gap) => {
                             let pos = consumer.context().applier().position(p);
-                            tracing::warn!(partition = p, offset, expected = ?pos, "gap in delivered offsets, seeking back");
+                            tracing::warn!(%topic, partition = p, offset, expected = ?pos, "gap in delivered offsets while not positioned, seeking back");
                             seek(&consumer, &topic, p, pos);
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            tracing::warn!(partition = p, offset, error = %e, "cannot fold record, will retry it");
+                            tracing::warn!(%topic, partition = p, offset, error = %e, "cannot fold record, will retry it");
                             seek(&consumer, &topic, p, Some(offset));
                             std::thread::sleep(Duration::from_millis(100));
                         }
@@ -339,26 +410,43 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     tracing::debug!(partition = p, "caught up");
-                    // At the partition's end the next offset to fold is the log end.
+                    // At the partition's end the next offset to fold is the log end, past any
+                    // trailing markers the reader consumed.
+                    advance_to_positions(&consumer);
                     let end = consumer.context().applier().position(p);
                     if let Some(end) = end {
                         consumer.context().log_end(p, end);
                     }
+                }
+                Some(Err(
+                    e @ KafkaError::MessageConsumption(
+                        RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                    ),
+                )) => {
+                    // librdkafka does not say which partition; judge every owned one.
+                    tracing::debug!(error = %e, "start offset outside the log");
+                    judge_positions(&consumer, &topic);
                 }
                 // Error events also went to the context's error callback, which logged them.
                 Some(Err(e @ KafkaError::MessageConsumption(_))) => {
                     tracing::debug!(error = %e, "consumer error")
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                None => drained = true,
+                None => {
+                    drained = true;
+                    advance_to_positions(&consumer);
+                }
             }
         } else {
             // Keep servicing the group (heartbeats, rebalances) while paused.
             let _ = consumer.poll(POLL);
         }
-        let pending = consumer.context().applier().pending_records();
+        let (pending, work) = {
+            let applier = consumer.context().applier();
+            (applier.pending_records(), applier.has_work())
+        };
         let since = last_commit.elapsed();
-        if pending > 0
+        if work
             && (since >= config.commit_interval()
                 || pending >= config.max_pending_records
                 || (drained && last_ok && since >= config.min_commit_interval()))
@@ -371,7 +459,7 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
                 paused,
                 !ok && pending >= config.max_pending_records,
             );
-        } else if pending == 0 && paused {
+        } else if !work && paused {
             paused = set_paused(&consumer, paused, false);
         }
     }
@@ -403,7 +491,7 @@ fn commit(consumer: &BaseConsumer<Ctx>, topic: &str) -> bool {
             instruments::committed(&r, started.elapsed());
             consumer.context().publish(&r.committed);
             for &(p, stored) in &r.fenced {
-                tracing::warn!(partition = p, stored = ?stored, "commit fenced: another consumer advanced this partition; dropped pending work, resuming from the stored offset");
+                tracing::warn!(%topic, partition = p, stored = ?stored, "commit fenced: another consumer advanced this partition; dropped pending work, resuming from the stored offset");
                 seek(consumer, topic, p, stored);
             }
             if r.records > 0 {
@@ -443,11 +531,74 @@ fn set_paused(consumer: &BaseConsumer<Ctx>, paused: bool, want: bool) -> bool {
     }
 }
 
+/// Seeks a partition to `to` (0 when `None`: nothing stored) and, once that worked, tells the
+/// applier its reader is positioned there.
 fn seek(consumer: &BaseConsumer<Ctx>, topic: &str, partition: i32, to: Option<i64>) {
-    let offset = to.map_or(Offset::Beginning, Offset::Offset);
-    if let Err(e) = consumer.seek(topic, partition, offset, SEEK_TIMEOUT) {
-        // Not fatal: the next delivered record shows up as a gap or a duplicate and the fold
-        // refuses it, so we come back here.
-        tracing::warn!(partition, ?offset, error = %e, "seek failed");
+    let offset = Offset::Offset(to.unwrap_or(0));
+    match consumer.seek(topic, partition, offset, SEEK_TIMEOUT) {
+        Ok(()) => consumer.context().applier().positioned(partition),
+        // Not fatal: the batch stays unpositioned, so the next delivered record shows up as a
+        // gap or a duplicate and the fold refuses it, and we come back here.
+        Err(e) => tracing::warn!(%topic, partition, ?offset, error = %e, "seek failed"),
+    }
+}
+
+/// Moves every owned batch past markers and aborted records its reader consumed after the last
+/// record folded (the reader's position). The position counts only what `poll` handed over or
+/// skipped as a marker, in order, so it never passes a record that was not folded; after a seek
+/// librdkafka reports no position until the next record.
+fn advance_to_positions(consumer: &BaseConsumer<Ctx>) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    let ctx = consumer.context();
+    let mut applier = ctx.applier();
+    for e in positions.elements_for_topic(&ctx.topic) {
+        if let Offset::Offset(o) = e.offset() {
+            applier.advance_to(e.partition(), o);
+        }
+    }
+}
+
+/// After an offset-reset error: compares each owned partition's next offset with the log's
+/// watermarks and stops the ones the log does not cover. If none is found (the watermarks
+/// moved meanwhile), every owned partition is sought again to its next offset, so that the one
+/// that failed fetches again instead of idling.
+fn judge_positions(consumer: &BaseConsumer<Ctx>, topic: &str) {
+    let ctx = consumer.context();
+    let owned: Vec<(i32, i64)> = {
+        let applier = ctx.applier();
+        let stopped = ctx.stopped();
+        applier
+            .owned()
+            .filter(|p| !stopped.contains_key(p))
+            .map(|p| (p, applier.position(p).unwrap_or(0)))
+            .collect()
+    };
+    let mut found = false;
+    for &(p, next) in &owned {
+        match consumer.fetch_watermarks(topic, p, SEEK_TIMEOUT) {
+            Ok((low, high)) => {
+                if let Some(why) = judge_position(next, low, high) {
+                    ctx.stop(p, why, low, high);
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(topic, p);
+                    // It fetches nothing anyway (reset=error); pausing keeps it that way.
+                    let _ = consumer.pause(&tpl);
+                    found = true;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%topic, partition = p, error = %e, "cannot read watermarks")
+            }
+        }
+    }
+    if !found {
+        tracing::warn!(
+            %topic, "offset reset error but every owned partition is within the log; seeking each to its next offset"
+        );
+        for (p, next) in owned {
+            seek(consumer, topic, p, Some(next));
+        }
     }
 }

@@ -27,6 +27,12 @@ pub const LAG: &str = "tally_partition_lag";
 /// Rebalance events, by kind (`assign`, `revoke`, `lost`, `error`).
 pub const REBALANCES: &str = "tally_rebalances_total";
 pub const OWNED: &str = "tally_owned_partitions";
+/// 1 for an owned partition stopped because the log does not hold what follows its stored
+/// offset, by partition and reason (`log_start_past_stored_offset`,
+/// `log_end_before_stored_offset`); 0 once it is given up.
+pub const STOPPED: &str = "tally_partition_stopped";
+/// Offsets passed without a record (transaction markers, aborted records), by partition.
+pub const SKIPPED_OFFSETS: &str = "tally_skipped_offsets_total";
 
 /// Installs the process-wide recorder (once) and returns the handle that renders it. A second
 /// call (tests running several aggregators in one process) gets a detached handle.
@@ -68,6 +74,9 @@ pub fn committed(r: &CommitReport, took: Duration) {
         counter!(PARTITION_COMMITS, "partition" => p.to_string(), "outcome" => "fenced")
             .increment(1);
     }
+    for &(p, n) in &r.skipped {
+        skipped_offsets(p, n);
+    }
 }
 
 pub fn commit_failed() {
@@ -86,4 +95,19 @@ pub fn owned(n: usize) {
 /// instances stays the group's lag.
 pub fn lag(partition: i32, lag: i64) {
     gauge!(LAG, "partition" => partition.to_string()).set(lag as f64);
+}
+
+/// Marks a partition stopped (1) or no longer stopped (0) for a reason.
+pub fn stopped(partition: i32, reason: &'static str, on: bool) {
+    gauge!(STOPPED, "partition" => partition.to_string(), "reason" => reason).set(if on {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+pub fn skipped_offsets(partition: i32, n: u64) {
+    if n > 0 {
+        counter!(SKIPPED_OFFSETS, "partition" => partition.to_string()).increment(n);
+    }
 }

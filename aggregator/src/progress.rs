@@ -20,6 +20,9 @@ pub struct Progress {
     pub committed: BTreeMap<i32, i64>,
     /// Log end offset (high watermark) of owned partitions, as last seen by the consumer.
     pub log_end: BTreeMap<i32, i64>,
+    /// Owned partitions that stopped because the log no longer holds what follows their stored
+    /// offset, each with the sentence that says why (topic, partition, offsets).
+    pub stopped: BTreeMap<i32, String>,
 }
 
 impl Progress {

@@ -160,6 +160,13 @@ fn check_common_shape(f: &str, doc: &Value, partitions: &str, replication: &str)
         script.contains(&format!("rpk topic create increments -p {partitions} -r {replication}")),
         "{f}: topic-init does not create increments with {partitions} partitions, rf {replication}: {script}"
     );
+    // The same settings Tally creates its topic with: every record kept, never compacted.
+    for (name, value) in tally_pipeline::topic::CREATE_CONFIGS {
+        assert!(
+            script.contains(&format!("-c {name}={value}")),
+            "{f}: topic-init does not set {name}={value}: {script}"
+        );
+    }
     assert_ne!(
         init["restart"], "unless-stopped",
         "{f}: a one-shot must not be restarted after it succeeded"

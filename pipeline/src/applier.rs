@@ -19,6 +19,9 @@ pub struct CommitReport {
     /// the beginning). Their pending work was dropped; the caller must seek there.
     pub fenced: Vec<(i32, Option<i64>)>,
     pub committed: Vec<(i32, i64)>,
+    /// Offsets committed past without a record (transaction markers, aborted records), per
+    /// partition where there were any.
+    pub skipped: Vec<(i32, u64)>,
 }
 
 pub struct Applier {
@@ -48,6 +51,26 @@ impl Applier {
             starts.push((p, stored));
         }
         Ok(starts)
+    }
+
+    /// Declares that the caller positioned its reader of `partition` at the batch's next offset
+    /// (0 when nothing is stored) and that the reader cannot jump on its own
+    /// (`auto.offset.reset=error`): from now on offsets the reader skips are passed over
+    /// ([`PartitionBatch::positioned`]). A fenced partition loses this until its reader is
+    /// positioned again.
+    pub fn positioned(&mut self, partition: i32) {
+        if let Some(b) = self.owned.get_mut(&partition) {
+            b.positioned = true;
+        }
+    }
+
+    /// Moves an owned, positioned partition's next offset to its reader's position when that
+    /// is ahead (the reader passed markers or aborted records after the last record folded).
+    /// Returns whether it moved.
+    pub fn advance_to(&mut self, partition: i32, position: i64) -> bool {
+        self.owned
+            .get_mut(&partition)
+            .is_some_and(|b| b.advance_to(position))
     }
 
     /// Takes partitions over, starting from given offsets instead of the stored ones (replayer
@@ -82,6 +105,12 @@ impl Applier {
     /// stored and nothing folded).
     pub fn position(&self, partition: i32) -> Option<i64> {
         self.owned.get(&partition).and_then(|b| b.next)
+    }
+
+    /// Whether any owned partition has something to commit: records, or only a next offset
+    /// moved past markers.
+    pub fn has_work(&self) -> bool {
+        !self.owned.values().all(PartitionBatch::is_empty)
     }
 
     /// Records folded but not yet committed.
@@ -123,14 +152,19 @@ impl Applier {
         let Applied { committed, fenced } =
             self.store.apply(self.owned.iter().map(|(p, b)| (*p, b)))?;
         for &(p, next) in &committed {
-            let done = std::mem::replace(
-                self.owned
-                    .get_mut(&p)
-                    .expect("committed partition is owned"),
-                PartitionBatch::new(Some(next)),
-            );
+            let slot = self
+                .owned
+                .get_mut(&p)
+                .expect("committed partition is owned");
+            // The reader goes on from where the batch ended, so it stays positioned.
+            let mut fresh = PartitionBatch::new(Some(next));
+            fresh.positioned = slot.positioned;
+            let done = std::mem::replace(slot, fresh);
             report.records += done.records();
             report.rejected += done.rejected.len() as u64;
+            if done.skipped_offsets > 0 {
+                report.skipped.push((p, done.skipped_offsets));
+            }
         }
         for f in fenced {
             self.owned
@@ -218,6 +252,49 @@ mod tests {
         let report = next.commit().unwrap();
         assert_eq!((report.records, report.committed), (2, vec![(2, 3)]));
         assert_eq!(next.store().key_sum("k").unwrap(), Some(2));
+    }
+
+    #[test]
+    fn positioning_survives_a_commit_but_not_a_fence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let open = || Store::open(&path, "t", crate::store::OpenMode::CreateIfMissing).unwrap();
+        let mut a = Applier::new(open());
+        a.assign(&[0]).unwrap();
+        let one = encode_value(1);
+        a.fold(0, 0, Some(b"k"), Some(&one), None).unwrap();
+        a.commit().unwrap();
+        // Not positioned: a gap after the stored offset is refused.
+        assert_eq!(
+            a.fold(0, 2, Some(b"k"), Some(&one), None).unwrap(),
+            Folded::Gap
+        );
+        a.positioned(0);
+        assert_eq!(
+            a.fold(0, 2, Some(b"k"), Some(&one), None).unwrap(),
+            Folded::Applied
+        );
+        assert!(a.advance_to(0, 4), "a trailing marker at 3");
+        assert_eq!(a.commit().unwrap().committed, vec![(0, 4)]);
+        assert_eq!(a.store().stored_offset(0).unwrap(), Some(4));
+        // Still positioned after the commit.
+        assert_eq!(
+            a.fold(0, 6, Some(b"k"), Some(&one), None).unwrap(),
+            Folded::Applied
+        );
+        // Someone else moves the partition on: fenced, and no longer positioned.
+        let mut other = Applier::new(open());
+        other.assign(&[0]).unwrap();
+        other.positioned(0);
+        other.fold(0, 4, Some(b"k"), Some(&one), None).unwrap();
+        other.commit().unwrap();
+        assert_eq!(a.commit().unwrap().fenced, vec![(0, Some(5))]);
+        assert_eq!(
+            a.fold(0, 7, Some(b"k"), Some(&one), None).unwrap(),
+            Folded::Gap
+        );
+        assert!(!a.advance_to(0, 9));
+        assert_eq!(a.store().key_sum("k").unwrap(), Some(3));
     }
 
     #[test]

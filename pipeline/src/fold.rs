@@ -6,6 +6,17 @@
 //! that carries a key spends it; a later record with the same key (a client's retry, or a
 //! concurrent duplicate) is [`Folded::DuplicateKey`]: its offset is passed, its delta is not
 //! added. Whether the store already saw a key is asked through a second closure.
+//!
+//! Gaps: on Kafka a reader is not handed every offset. Transaction markers (control records)
+//! take offsets, aborted records are dropped under `read_committed`, compaction removes records.
+//! A batch therefore passes over offsets it was not given only when its caller positioned the
+//! reader at the batch's next offset and the reader cannot jump elsewhere on its own (no
+//! automatic offset reset): [`PartitionBatch::positioned`]. Then whatever the broker does not
+//! deliver between two records is something a read-committed reader must not count. An
+//! unpositioned batch refuses a gap ([`Folded::Gap`]), because it cannot tell a marker from a
+//! lost record. A positioned batch also moves past trailing markers when its caller reports the
+//! reader's position ([`PartitionBatch::advance_to`]), so that a partition whose last offsets are
+//! markers is stored as caught up.
 
 use std::collections::HashMap;
 
@@ -34,8 +45,9 @@ pub enum Folded {
     DuplicateKey,
     /// The record's partition is not owned (any more); it was ignored.
     NotOwned,
-    /// The record lies after the batch's next offset: records in between were not seen. It was
-    /// not folded; the caller must seek back to the batch's next offset.
+    /// The record lies after the batch's next offset and the batch is not positioned: records
+    /// in between were not seen. It was not folded; the caller must seek back to the batch's
+    /// next offset.
     Gap,
 }
 
@@ -56,6 +68,11 @@ pub struct PartitionBatch {
     pub idempotency_keys: HashMap<Vec<u8>, i64>,
     /// Records passed over because their idempotency key was already spent.
     pub duplicate_keys: u64,
+    /// Whether the reader was positioned at `next` and cannot jump: offsets it skips are not
+    /// delivered on purpose (markers, aborted records) and may be passed.
+    pub positioned: bool,
+    /// Offsets passed without a record (markers, aborted records), in this batch.
+    pub skipped_offsets: u64,
 }
 
 impl PartitionBatch {
@@ -68,7 +85,36 @@ impl PartitionBatch {
             applied: 0,
             idempotency_keys: HashMap::new(),
             duplicate_keys: 0,
+            positioned: false,
+            skipped_offsets: 0,
         }
+    }
+
+    /// Declares that the caller positioned its reader at the batch's next offset (offset 0 when
+    /// nothing is stored) with automatic offset resets off, so a later offset than expected is
+    /// a marker or an aborted record the broker withheld, never a jump.
+    pub fn positioned(mut self) -> Self {
+        self.positioned = true;
+        self
+    }
+
+    /// The offset the reader must deliver next.
+    fn expected(&self) -> i64 {
+        self.next.unwrap_or(0)
+    }
+
+    /// Moves a positioned batch's next offset to the reader's `position` (the offset after the
+    /// last record or marker it handed over) when that is ahead: trailing markers and aborted
+    /// records. Returns whether it moved. An unpositioned batch, or a position behind, is left
+    /// as it is.
+    pub fn advance_to(&mut self, position: i64) -> bool {
+        let expected = self.expected();
+        if !self.positioned || position <= expected {
+            return false;
+        }
+        self.skipped_offsets += (position - expected) as u64;
+        self.next = Some(position);
+        true
     }
 
     /// True when no record has been folded since `start`.
@@ -107,16 +153,18 @@ impl PartitionBatch {
         stored_sum: impl FnOnce(&str) -> Result<i64, E>,
         key_seen: impl FnOnce(&[u8]) -> Result<bool, E>,
     ) -> Result<Folded, E> {
-        match self.next {
+        let skipped = match self.next {
             Some(next) if offset < next => return Ok(Folded::Duplicate),
-            Some(next) if offset > next => return Ok(Folded::Gap),
-            _ => {}
-        }
+            Some(next) if offset > next && !self.positioned => return Ok(Folded::Gap),
+            _ if self.positioned => (offset - self.expected()).max(0) as u64,
+            _ => 0,
+        };
         let decoded = decode_key(key).and_then(|k| Ok((k, decode_value(value)?.delta)));
         let (key_str, delta) = match decoded {
             Ok(kd) => kd,
             Err(e) => {
                 self.next = Some(offset + 1);
+                self.skipped_offsets += skipped;
                 self.reject(offset, reason(&e), key, value);
                 return Ok(Folded::Rejected);
             }
@@ -125,6 +173,7 @@ impl PartitionBatch {
         if let Some(ik) = idempotency_key {
             if self.idempotency_keys.contains_key(ik) || key_seen(ik)? {
                 self.next = Some(offset + 1);
+                self.skipped_offsets += skipped;
                 self.duplicate_keys += 1;
                 return Ok(Folded::DuplicateKey);
             }
@@ -134,6 +183,7 @@ impl PartitionBatch {
             None => stored_sum(key_str)?,
         };
         self.next = Some(offset + 1);
+        self.skipped_offsets += skipped;
         if let Some(ik) = idempotency_key {
             self.idempotency_keys.insert(ik.to_vec(), offset);
         }
@@ -255,6 +305,44 @@ mod tests {
         let r = b.fold(40, Some(b"k"), Some(&encode_value(1)), stored(&db));
         assert_eq!(r, Ok(Folded::Applied));
         assert_eq!(b.next, Some(41));
+    }
+
+    #[test]
+    fn a_positioned_batch_passes_withheld_offsets_and_trailing_markers() {
+        let db = HashMap::new();
+        // Offsets 3 and 4 are, say, an aborted record and its abort marker: never delivered.
+        let mut b = PartitionBatch::new(Some(3)).positioned();
+        let one = encode_value(1);
+        assert_eq!(
+            b.fold(5, Some(b"k"), Some(&one), stored(&db)),
+            Ok(Folded::Applied)
+        );
+        assert_eq!((b.next, b.skipped_offsets), (Some(6), 2));
+        // A redelivery is still ignored, a later record still follows on.
+        assert_eq!(
+            b.fold(5, Some(b"k"), Some(&one), stored(&db)),
+            Ok(Folded::Duplicate)
+        );
+        b.fold(6, Some(b"k"), Some(&one), stored(&db)).unwrap();
+        // The commit marker at 7: the reader's position says 8, the batch moves there.
+        assert!(b.advance_to(8));
+        assert!(!b.advance_to(8), "no second move to the same position");
+        assert!(!b.advance_to(4), "a position behind is ignored");
+        assert_eq!((b.next, b.skipped_offsets, b.sums["k"]), (Some(8), 3, 2));
+
+        // Nothing stored: the reader was positioned at 0, and a log whose first records are
+        // markers moves the batch even before any record.
+        let mut b = PartitionBatch::new(None).positioned();
+        assert!(b.advance_to(2));
+        assert!(!b.is_empty());
+        assert_eq!(b.next, Some(2));
+    }
+
+    #[test]
+    fn an_unpositioned_batch_never_moves_on_a_position() {
+        let mut b = PartitionBatch::new(Some(3));
+        assert!(!b.advance_to(10));
+        assert!(b.is_empty());
     }
 
     #[test]

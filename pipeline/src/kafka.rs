@@ -36,6 +36,11 @@ pub struct KafkaArgs {
     /// librdkafka debug contexts to log (e.g. `fetch,protocol`), for diagnosing the broker.
     #[arg(long, global = true, env = "TALLY_KAFKA_DEBUG")]
     pub kafka_debug: Option<String>,
+    /// Start even though the topic deletes records after a time or size (`retention.ms` or
+    /// `retention.bytes` not -1). Rebuild, verify and as-of then see only what is left of the
+    /// log, and an aggregator that falls behind the retention stops the partition.
+    #[arg(long, env = "TALLY_ACCEPT_FINITE_RETENTION", default_value_t = false)]
+    pub accept_finite_retention: bool,
 }
 
 impl KafkaArgs {
@@ -46,6 +51,7 @@ impl KafkaArgs {
             partitions,
             replication_factor: 1,
             kafka_debug: None,
+            accept_finite_retention: false,
         }
     }
 
@@ -76,13 +82,16 @@ impl KafkaArgs {
     }
 
     /// A consumer-group member whose offsets live in SQLite: no automatic commits, no reliance
-    /// on Kafka's committed offsets (start positions are set on assignment).
+    /// on Kafka's committed offsets (start positions are set on assignment). A start position
+    /// outside the log is an error (`auto.offset.reset=error`), never a silent jump to either
+    /// end; only committed transactions are read (`isolation.level=read_committed`).
     pub fn group_consumer(&self, group: &str, session_timeout: Duration) -> ClientConfig {
         let mut c = self.base();
         c.set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", "error")
+            .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
             .set(
                 "session.timeout.ms",
@@ -97,28 +106,43 @@ impl KafkaArgs {
     }
 
     /// A reader of explicitly assigned partitions (no group membership), that reports the end
-    /// of each partition: how the replayer knows it is caught up.
+    /// of each partition: how the replayer knows it is caught up. Same offset-reset and
+    /// isolation rules as [`KafkaArgs::group_consumer`], so both decide alike.
     pub fn reader(&self) -> ClientConfig {
         let mut c = self.base();
         c.set("group.id", "tally-replayer-unused")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", "error")
+            .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true");
         c
     }
 
-    /// Creates the topic when it is missing; an existing topic is fine whatever its size.
-    pub async fn ensure_topic(&self) -> anyhow::Result<()> {
-        let admin: AdminClient<crate::kafka_log::LoggingContext> = self
-            .base()
+    pub(crate) fn admin(&self) -> anyhow::Result<AdminClient<crate::kafka_log::LoggingContext>> {
+        self.base()
             .create_with_context(crate::kafka_log::LoggingContext::default())
-            .context("cannot create the Kafka admin client")?;
-        let topic = NewTopic::new(
+            .context("cannot create the Kafka admin client")
+    }
+
+    /// Creates the topic when it is missing, keeping every record for ever
+    /// ([`crate::topic::CREATE_CONFIGS`]), then checks the topic's configuration as it is
+    /// ([`KafkaArgs::check_topic`]); an existing topic is fine whatever its size.
+    pub async fn ensure_topic(&self) -> anyhow::Result<()> {
+        self.create_topic().await?;
+        self.check_topic().await
+    }
+
+    async fn create_topic(&self) -> anyhow::Result<()> {
+        let admin = self.admin()?;
+        let mut topic = NewTopic::new(
             &self.topic,
             self.partitions,
             TopicReplication::Fixed(self.replication_factor),
         );
+        for (name, value) in crate::topic::CREATE_CONFIGS {
+            topic = topic.set(name, value);
+        }
         let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
         let results = admin
             .create_topics([&topic], &opts)

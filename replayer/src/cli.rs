@@ -34,7 +34,9 @@ pub enum Command {
         /// The database to create; it must not exist unless --continue is given.
         #[arg(long, env = "TALLY_DB", default_value = "tally.db")]
         db: PathBuf,
-        /// Where to start: `earliest`, PARTITION:OFFSET,... (unlisted partitions: earliest),
+        /// Where to start: `earliest` (offset 0: a log that no longer starts there is refused),
+        /// `log-start` (wherever each log starts now), PARTITION:OFFSET,... (unlisted
+        /// partitions: earliest),
         /// `ts:MILLIS` or an RFC 3339 time (each partition's first record at or after it).
         #[arg(long, env = "TALLY_REPLAY_FROM", default_value = "earliest")]
         from: From,
@@ -116,6 +118,7 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    cli.kafka.check_topic_blocking()?;
     match cli.command {
         Command::Rebuild {
             db,

@@ -8,8 +8,11 @@ use std::str::FromStr;
 /// Where a replay starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum From {
-    /// Each partition from its first record.
+    /// Each partition from offset 0; a partition whose log no longer starts there is refused.
     Earliest,
+    /// Each partition from wherever its log starts now, accepting that records before it were
+    /// deleted (retention or DeleteRecords).
+    LogStart,
     /// The listed partitions from these offsets; unlisted ones from their first record.
     Offsets(BTreeMap<i32, i64>),
     /// Each partition from its first record whose timestamp is at or after this time (ms).
@@ -80,6 +83,7 @@ impl FromStr for From {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "earliest" => Ok(From::Earliest),
+            "log-start" => Ok(From::LogStart),
             _ => match timestamp(s) {
                 Some(t) => t.map(From::Timestamp),
                 None => offsets(s).map(From::Offsets),
@@ -108,6 +112,7 @@ mod tests {
     #[test]
     fn parses() {
         assert_eq!("earliest".parse::<From>(), Ok(From::Earliest));
+        assert_eq!("log-start".parse::<From>(), Ok(From::LogStart));
         assert_eq!("end".parse::<To>(), Ok(To::End));
         assert_eq!(
             "0:5, 3:7".parse::<To>(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
@@ -21,6 +21,7 @@ use tally_pipeline::applier::Applier;
 use tally_pipeline::fold::Folded;
 use tally_pipeline::kafka::{partitions_of, KafkaArgs};
 use tally_pipeline::kafka_log::ClientLog;
+use tally_pipeline::topic::judge_position;
 
 use crate::positions::{From, To};
 use crate::progress::Progress;
@@ -69,32 +70,32 @@ pub fn replay(
     let mut expected_records: Option<u64> = Some(0);
     for (p, stored) in stored {
         let wanted = match &from {
-            From::Offsets(m) => m.get(&p).copied(),
-            _ => None,
+            From::Offsets(m) => m.get(&p).map_or(Wanted::Default, |w| Wanted::At(*w)),
+            From::LogStart => Wanted::LogStart,
+            _ => Wanted::Default,
         };
-        let start = match (stored, wanted) {
-            (Some(s), Some(w)) if w > s => bail!(
-                "the database holds partition {p} up to offset {s} but --from starts it at {w}; \
-                 records in between would be missing: drop --from for partition {p} or use a new database"
-            ),
-            (Some(s), _) => Offset::Offset(s),
-            (None, Some(w)) => Offset::Offset(w),
-            (None, None) => Offset::Beginning,
-        };
+        let (low, high) = consumer
+            .fetch_watermarks(&kafka.topic, p, Duration::from_secs(30))
+            .with_context(|| {
+                format!(
+                    "cannot read the watermarks of topic {} partition {p}",
+                    kafka.topic
+                )
+            })?;
+        let start =
+            start_offset(&kafka.topic, p, stored, wanted, low, high).map_err(anyhow::Error::msg)?;
         let end = match &to {
             To::Offsets(m) => m.get(&p).copied(),
             _ => None,
         };
-        if let (Offset::Offset(s), Some(e)) = (start, end) {
-            if s >= e {
-                applier.discard(&[p]);
-                continue;
-            }
+        if end.is_some_and(|e| start >= e) {
+            applier.discard(&[p]);
+            continue;
         }
         expected_records = expected_records
-            .zip(estimate(&consumer, &kafka.topic, p, start, end))
+            .zip(estimate(high, start, end))
             .map(|(a, b)| a + b);
-        tpl.add_partition_offset(&kafka.topic, p, start)?;
+        tpl.add_partition_offset(&kafka.topic, p, Offset::Offset(start))?;
         ends.insert(p, end);
     }
     let mut summary = Summary {
@@ -105,6 +106,11 @@ pub fn replay(
         return Ok(summary);
     }
     consumer.assign(&tpl).context("cannot assign partitions")?;
+    // Each partition reads from exactly its start offset and cannot jump
+    // (`auto.offset.reset=error`), so offsets it is not handed are markers or aborted records.
+    for p in ends.keys() {
+        applier.positioned(*p);
+    }
     let mut open: BTreeSet<i32> = ends.keys().copied().collect();
     let mut last_commit = Instant::now();
     let mut last_progress = Instant::now();
@@ -116,7 +122,10 @@ pub fn replay(
                 if !open.contains(&p) {
                     continue;
                 }
-                if ends[&p].is_some_and(|e| offset >= e) {
+                if let Some(e) = ends[&p].filter(|e| offset >= *e) {
+                    // Nothing was handed over between the last record folded and this one, so
+                    // the offsets up to the end are markers or aborted records.
+                    applier.advance_to(p, e);
                     close(&consumer, &kafka.topic, &mut open, p);
                     continue;
                 }
@@ -128,7 +137,8 @@ pub fn replay(
                     }
                     Folded::Duplicate | Folded::NotOwned => {}
                     Folded::Gap => bail!(
-                        "partition {p}: the log jumps from offset {:?} to {offset}; records are missing from the log",
+                        "topic {} partition {p}: the log jumps from offset {:?} to {offset}; records are missing from the log",
+                        kafka.topic,
                         applier.position(p)
                     ),
                 }
@@ -136,10 +146,29 @@ pub fn replay(
                     close(&consumer, &kafka.topic, &mut open, p);
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(p))) if ends.get(&p) == Some(&None) => {
-                close(&consumer, &kafka.topic, &mut open, p);
+            Some(Err(KafkaError::PartitionEOF(p))) if open.contains(&p) => {
+                // The reader's position is past any trailing markers it consumed.
+                if let Ok(Offset::Offset(at)) = position(&consumer, &kafka.topic, p) {
+                    applier.advance_to(p, at);
+                }
+                let reached = match ends[&p] {
+                    None => true,
+                    Some(e) => applier.position(p).is_some_and(|at| at >= e),
+                };
+                if reached {
+                    close(&consumer, &kafka.topic, &mut open, p);
+                }
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(
+                e @ KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                ),
+            )) => bail!(
+                "topic {}: a start offset is outside the log ({e}); the log changed during the \
+                 replay (records deleted, or the topic recreated): check the topic and run again",
+                kafka.topic
+            ),
             // Already logged by the context's error callback.
             Some(Err(e @ KafkaError::MessageConsumption(_))) => {
                 tracing::debug!(error = %e, "reader error")
@@ -170,23 +199,72 @@ pub fn replay(
     Ok(summary)
 }
 
-/// Records between `start` and `end` (or the high watermark), for the progress bar only: tansu's
-/// watermarks can be wrong, so nothing else relies on them.
-fn estimate(
-    consumer: &Reader,
+/// Records between `start` and `end` (or the high watermark), for the progress bar only.
+fn estimate(high: i64, start: i64, end: Option<i64>) -> Option<u64> {
+    Some(end.unwrap_or(high).saturating_sub(start).max(0) as u64)
+}
+
+/// The reader's position in one partition: the offset after the last record or marker it
+/// handed over.
+fn position(consumer: &Reader, topic: &str, p: i32) -> anyhow::Result<Offset> {
+    let all = consumer.position()?;
+    Ok(all
+        .find_partition(topic, p)
+        .map_or(Offset::Invalid, |e| e.offset()))
+}
+
+/// What `--from` asks of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    /// Nothing said: offset 0, the whole log.
+    Default,
+    /// This offset.
+    At(i64),
+    /// Wherever the log starts now.
+    LogStart,
+}
+
+/// Where a partition's replay starts, given the database's stored next offset, what `--from`
+/// asks, and the log's start and end (watermarks). Refuses, in one sentence naming topic,
+/// partition and offsets, any start that would skip records or read a log that is not the one
+/// the database was folded from.
+fn start_offset(
     topic: &str,
     p: i32,
-    start: Offset,
-    end: Option<i64>,
-) -> Option<u64> {
-    let (low, high) = consumer
-        .fetch_watermarks(topic, p, Duration::from_secs(5))
-        .ok()?;
-    let start = match start {
-        Offset::Offset(s) => s,
-        _ => low,
-    };
-    Some(end.unwrap_or(high).saturating_sub(start).max(0) as u64)
+    stored: Option<i64>,
+    wanted: Wanted,
+    low: i64,
+    high: i64,
+) -> Result<i64, String> {
+    match (stored, wanted) {
+        (Some(s), Wanted::At(w)) if w > s => Err(format!(
+            "the database holds topic {topic} partition {p} up to offset {s} but --from starts it at {w}; \
+             records in between would be missing: drop --from for partition {p} or use a new database"
+        )),
+        (Some(s), _) => match judge_position(s, low, high) {
+            Some(why) => Err(format!(
+                "{}; the database cannot be continued from this log",
+                why.describe(topic, p)
+            )),
+            None => Ok(s),
+        },
+        (None, Wanted::At(w)) if w < low => Err(format!(
+            "--from starts topic {topic} partition {p} at offset {w} but its log starts at {low}: \
+             records {w}..{low} were deleted; start it at {low} or later"
+        )),
+        (None, Wanted::At(w)) if w > high => Err(format!(
+            "--from starts topic {topic} partition {p} at offset {w} but its log ends at {high}; \
+             start it at {high} or earlier"
+        )),
+        (None, Wanted::At(w)) => Ok(w),
+        (None, Wanted::LogStart) => Ok(low),
+        (None, Wanted::Default) if low > 0 => Err(format!(
+            "topic {topic} partition {p} no longer starts at offset 0 but at {low}: records 0..{low} \
+             were deleted (retention or DeleteRecords), so a replay from the beginning would miss \
+             them; to rebuild from what is left, pass --from log-start (or --from {p}:{low})"
+        )),
+        (None, Wanted::Default) => Ok(0),
+    }
 }
 
 /// The reader's client context: librdkafka's reports logged once, at their level
@@ -273,5 +351,38 @@ mod tests {
             "{m}"
         );
         assert!(m.ends_with("run rebuild --continue again"), "{m}");
+    }
+
+    #[test]
+    fn a_log_that_no_longer_starts_at_zero_needs_an_explicit_start() {
+        assert_eq!(start_offset("t", 1, None, Wanted::Default, 0, 9), Ok(0));
+        let e = start_offset("t", 1, None, Wanted::Default, 4, 9).unwrap_err();
+        assert!(
+            e.starts_with("topic t partition 1 no longer starts at offset 0 but at 4"),
+            "{e}"
+        );
+        assert!(e.contains("--from log-start (or --from 1:4)"), "{e}");
+        assert_eq!(start_offset("t", 1, None, Wanted::LogStart, 4, 9), Ok(4));
+        assert_eq!(start_offset("t", 1, None, Wanted::At(6), 4, 9), Ok(6));
+        assert!(start_offset("t", 1, None, Wanted::At(3), 4, 9)
+            .unwrap_err()
+            .contains("records 3..4 were deleted"));
+        assert!(start_offset("t", 1, None, Wanted::At(10), 4, 9)
+            .unwrap_err()
+            .contains("its log ends at 9"));
+    }
+
+    #[test]
+    fn a_stored_offset_must_lie_within_the_log() {
+        assert_eq!(start_offset("t", 2, Some(5), Wanted::Default, 0, 9), Ok(5));
+        assert_eq!(start_offset("t", 2, Some(5), Wanted::At(3), 0, 9), Ok(5));
+        assert!(start_offset("t", 2, Some(5), Wanted::At(6), 0, 9)
+            .unwrap_err()
+            .contains("records in between would be missing"));
+        // Deleted before folded, and a log shorter than what was folded (recreated topic).
+        let e = start_offset("t", 2, Some(5), Wanted::LogStart, 7, 9).unwrap_err();
+        assert!(e.contains("the log starts at offset 7"), "{e}");
+        let e = start_offset("t", 2, Some(5), Wanted::Default, 0, 2).unwrap_err();
+        assert!(e.contains("the log ends at offset 2"), "{e}");
     }
 }

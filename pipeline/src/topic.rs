@@ -1,0 +1,262 @@
+//! What Tally needs from its topic, checked rather than assumed: every record kept (no
+//! compaction, no retention by time or size, unless the operator accepts finite retention), and
+//! each partition's log still holding everything past the offsets a database stores.
+//!
+//! The judgements are pure functions ([`judge_configs`], [`judge_position`]) so that they are
+//! unit-tested without a broker; [`KafkaArgs::check_topic`] reads the configuration with
+//! DescribeConfigs and applies them at start in ingest, the aggregator and the replayer.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+
+use crate::kafka::KafkaArgs;
+
+/// Topic settings Tally creates its topic with: never delete a record, never compact.
+pub const CREATE_CONFIGS: [(&str, &str); 3] = [
+    ("retention.ms", "-1"),
+    ("retention.bytes", "-1"),
+    ("cleanup.policy", "delete"),
+];
+
+/// What the check found acceptable but worth saying at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicCheck {
+    /// Every record is kept for ever.
+    KeepsEverything,
+    /// Records are deleted after a time or size, and the operator accepted it.
+    FiniteRetentionAccepted(String),
+}
+
+/// Judges a topic's configuration (name to value, as DescribeConfigs returns it). Compaction
+/// is refused always; finite retention unless `accept_finite_retention`.
+pub fn judge_configs(
+    topic: &str,
+    configs: &HashMap<String, String>,
+    accept_finite_retention: bool,
+) -> Result<TopicCheck, String> {
+    let get = |name: &str| configs.get(name).map(String::as_str);
+    let policy = get("cleanup.policy").unwrap_or("delete");
+    if policy.split(',').any(|p| p.trim() == "compact") {
+        return Err(format!(
+            "topic {topic} has cleanup.policy={policy}: compaction deletes all but the last \
+             increment of each key, so sums would be wrong; set cleanup.policy=delete on the topic \
+             (kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config \
+             cleanup.policy=delete) and rebuild the database if records were already compacted"
+        ));
+    }
+    let mut finite = Vec::new();
+    for name in ["retention.ms", "retention.bytes"] {
+        match get(name).map(str::parse::<i64>) {
+            None => finite.push(format!("{name} unknown")),
+            Some(Ok(-1)) => {}
+            Some(Ok(v)) => finite.push(format!("{name}={v}")),
+            Some(Err(_)) => finite.push(format!("{name}={}", get(name).unwrap_or_default())),
+        }
+    }
+    if finite.is_empty() {
+        return Ok(TopicCheck::KeepsEverything);
+    }
+    let what = finite.join(", ");
+    if accept_finite_retention {
+        return Ok(TopicCheck::FiniteRetentionAccepted(what));
+    }
+    Err(format!(
+        "topic {topic} deletes records ({what}): rebuild, verify and as-of need the whole log; \
+         set retention.ms=-1 and retention.bytes=-1 on the topic, or pass \
+         --accept-finite-retention (TALLY_ACCEPT_FINITE_RETENTION=true) to run anyway"
+    ))
+}
+
+/// Why a partition cannot be folded on from a stored next offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreadable {
+    /// The log starts past the stored next offset: records in between were deleted (retention
+    /// or DeleteRecords) before anything folded them.
+    StartPastStored { next: i64, log_start: i64 },
+    /// The log ends before the stored next offset: the topic was recreated or the broker lost
+    /// data, so the stored offsets describe a log that no longer exists.
+    EndBeforeStored { next: i64, log_end: i64 },
+}
+
+impl Unreadable {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Unreadable::StartPastStored { .. } => "log_start_past_stored_offset",
+            Unreadable::EndBeforeStored { .. } => "log_end_before_stored_offset",
+        }
+    }
+
+    /// The sentence an operator reads: topic, partition and offsets, and what to do.
+    pub fn describe(&self, topic: &str, partition: i32) -> String {
+        match *self {
+            Unreadable::StartPastStored { next, log_start } => format!(
+                "topic {topic} partition {partition}: the log starts at offset {log_start} but the \
+                 next offset to fold is {next}; records {next}..{log_start} were deleted \
+                 (retention or DeleteRecords) before they were folded (README, Recovery: records \
+                 deleted before they were folded)"
+            ),
+            Unreadable::EndBeforeStored { next, log_end } => format!(
+                "topic {topic} partition {partition}: the log ends at offset {log_end} but the \
+                 database has folded up to offset {next}; the topic was recreated or the broker \
+                 lost data (README, Recovery: topic recreated or broker wiped)"
+            ),
+        }
+    }
+}
+
+/// Judges whether a partition whose next offset to read is `next` (0 when nothing is stored)
+/// can be read on, given its log start and log end offsets (low and high watermarks).
+pub fn judge_position(next: i64, log_start: i64, log_end: i64) -> Option<Unreadable> {
+    if log_end < next {
+        Some(Unreadable::EndBeforeStored { next, log_end })
+    } else if log_start > next {
+        Some(Unreadable::StartPastStored { next, log_start })
+    } else {
+        None
+    }
+}
+
+impl KafkaArgs {
+    /// Reads the topic's configuration (DescribeConfigs) and refuses what would lose or miscount
+    /// increments ([`judge_configs`]); logs accepted finite retention as a warning.
+    pub async fn check_topic(&self) -> anyhow::Result<()> {
+        let admin = self.admin()?;
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .describe_configs([&ResourceSpecifier::Topic(&self.topic)], &opts)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot read the configuration of topic {} on {}",
+                    self.topic, self.brokers
+                )
+            })?;
+        let Some(result) = results.into_iter().next() else {
+            bail!(
+                "the broker returned no configuration for topic {}",
+                self.topic
+            );
+        };
+        let resource = result.map_err(|code| {
+            anyhow::anyhow!(
+                "cannot read the configuration of topic {} on {}: {code}",
+                self.topic,
+                self.brokers
+            )
+        })?;
+        let configs: HashMap<String, String> = resource
+            .entries
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect();
+        match judge_configs(&self.topic, &configs, self.accept_finite_retention)
+            .map_err(anyhow::Error::msg)?
+        {
+            TopicCheck::KeepsEverything => {
+                tracing::debug!(topic = %self.topic, "topic keeps every record")
+            }
+            TopicCheck::FiniteRetentionAccepted(what) => tracing::warn!(
+                topic = %self.topic, retention = %what,
+                "topic deletes records; accepted by --accept-finite-retention: rebuild, verify \
+                 and as-of see only what is left of the log"
+            ),
+        }
+        Ok(())
+    }
+
+    /// [`KafkaArgs::check_topic`] for callers without an async runtime (the replayer).
+    pub fn check_topic_blocking(&self) -> anyhow::Result<()> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start a runtime for the topic check")?
+            .block_on(self.check_topic())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_creation_settings_pass_the_check() {
+        let c = configs(&CREATE_CONFIGS);
+        assert_eq!(
+            judge_configs("t", &c, false),
+            Ok(TopicCheck::KeepsEverything)
+        );
+    }
+
+    #[test]
+    fn compaction_is_refused_even_when_retention_is_accepted() {
+        for policy in ["compact", "compact,delete", "delete, compact"] {
+            let c = configs(&[
+                ("cleanup.policy", policy),
+                ("retention.ms", "-1"),
+                ("retention.bytes", "-1"),
+            ]);
+            let e = judge_configs("inc", &c, true).unwrap_err();
+            assert!(e.contains("topic inc has cleanup.policy="), "{e}");
+            assert!(e.contains("set cleanup.policy=delete"), "{e}");
+        }
+    }
+
+    #[test]
+    fn finite_retention_needs_the_flag() {
+        // Kafka's and Redpanda's default: seven days, no size limit.
+        let c = configs(&[
+            ("cleanup.policy", "delete"),
+            ("retention.ms", "604800000"),
+            ("retention.bytes", "-1"),
+        ]);
+        let e = judge_configs("inc", &c, false).unwrap_err();
+        assert!(e.contains("retention.ms=604800000"), "{e}");
+        assert!(e.contains("--accept-finite-retention"), "{e}");
+        assert_eq!(
+            judge_configs("inc", &c, true),
+            Ok(TopicCheck::FiniteRetentionAccepted(
+                "retention.ms=604800000".into()
+            ))
+        );
+        // A size limit alone is finite too; an unreported setting is not assumed infinite.
+        let c = configs(&[("retention.ms", "-1"), ("retention.bytes", "1073741824")]);
+        assert!(judge_configs("inc", &c, false).is_err());
+        let c = configs(&[("retention.bytes", "-1")]);
+        assert!(judge_configs("inc", &c, false)
+            .unwrap_err()
+            .contains("retention.ms unknown"));
+    }
+
+    #[test]
+    fn a_position_outside_the_log_is_judged_with_its_offsets() {
+        assert_eq!(judge_position(5, 0, 9), None);
+        assert_eq!(judge_position(0, 0, 0), None);
+        assert_eq!(judge_position(9, 9, 9), None, "caught up at the end");
+        let start = judge_position(3, 7, 20).unwrap();
+        assert_eq!(
+            start,
+            Unreadable::StartPastStored {
+                next: 3,
+                log_start: 7
+            }
+        );
+        let text = start.describe("inc", 4);
+        assert!(text.starts_with("topic inc partition 4:"), "{text}");
+        assert!(text.contains("records 3..7 were deleted"), "{text}");
+        // A log that ends before the stored offset was recreated or wiped, whatever its start.
+        let end = judge_position(50, 0, 10).unwrap();
+        assert_eq!(end.reason(), "log_end_before_stored_offset");
+        assert!(end.describe("inc", 1).contains("ends at offset 10"));
+    }
+}
