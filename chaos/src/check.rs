@@ -15,6 +15,13 @@ pub fn committed(db: &Path, topic: &str) -> BTreeMap<i32, i64> {
         .unwrap_or_default()
 }
 
+/// Whether the record at `offset` of `partition` is folded and committed.
+pub fn folded(db: &Path, topic: &str, partition: i32, offset: i64) -> bool {
+    committed(db, topic)
+        .get(&partition)
+        .is_some_and(|n| *n > offset)
+}
+
 /// Waits until every partition's committed next offset is past its highest acknowledged
 /// offset, calling `tick` on each poll (e.g. to restart a process that exited).
 pub fn wait_folded(db: &Path, topic: &str, acked: &BTreeMap<i32, i64>, mut tick: impl FnMut()) {
@@ -101,6 +108,54 @@ pub fn tally(truth: &crate::load::Truth, mut stored: BTreeMap<String, i64>) -> T
     t
 }
 
+/// Per fault kind, the maximum and mean of its recovery times.
+pub fn max_mean(times: &BTreeMap<&str, Vec<f64>>) -> BTreeMap<String, (f64, f64)> {
+    times
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| {
+            let max = v.iter().cloned().fold(0.0, f64::max);
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            ((*k).to_owned(), (max, mean))
+        })
+        .collect()
+}
+
+/// `replayer ARGS verify --db DB`: the log up to the committed offsets must fold to exactly
+/// the stored sums (no offset passed an unapplied record). Returns its exit code; on a
+/// failure it runs once more with librdkafka's fetch log into `work_dir/verify-debug.log`.
+pub fn verify(args: &[String], db: &Path, work_dir: &Path) -> anyhow::Result<Option<i32>> {
+    use anyhow::Context as _;
+    use tally_testkit::process::bin;
+    let db = db.to_str().context("the database path is not UTF-8")?;
+    let out = std::process::Command::new(bin("replayer"))
+        .args(args)
+        .args(["verify", "--db", db])
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("cannot run replayer verify")?;
+    if out.status.code() != Some(0) {
+        eprintln!(
+            "verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = work_dir.join("verify-debug.log");
+        let again = std::process::Command::new(bin("replayer"))
+            .args(args)
+            .args(["verify", "--db", db])
+            .env("RUST_LOG", "debug")
+            .env("TALLY_KAFKA_DEBUG", "fetch,consumer,topic")
+            .stderr(std::fs::File::create(&log)?)
+            .status()?;
+        eprintln!(
+            "verify again ({again}), librdkafka fetch log in {}",
+            log.display()
+        );
+    }
+    Ok(out.status.code())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,52 +203,4 @@ mod tests {
         let t = tally(&truth(&[0], &[]), s);
         assert_eq!((t.lost, t.doubled), (0, 3));
     }
-}
-
-/// Per fault kind, the maximum and mean of its recovery times.
-pub fn max_mean(times: &BTreeMap<&str, Vec<f64>>) -> BTreeMap<String, (f64, f64)> {
-    times
-        .iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| {
-            let max = v.iter().cloned().fold(0.0, f64::max);
-            let mean = v.iter().sum::<f64>() / v.len() as f64;
-            ((*k).to_owned(), (max, mean))
-        })
-        .collect()
-}
-
-/// `replayer ARGS verify --db DB`: the log up to the committed offsets must fold to exactly
-/// the stored sums (no offset passed an unapplied record). Returns its exit code; on a
-/// failure it runs once more with librdkafka's fetch log into `work_dir/verify-debug.log`.
-pub fn verify(args: &[String], db: &Path, work_dir: &Path) -> anyhow::Result<Option<i32>> {
-    use anyhow::Context as _;
-    use tally_testkit::process::bin;
-    let db = db.to_str().context("the database path is not UTF-8")?;
-    let out = std::process::Command::new(bin("replayer"))
-        .args(args)
-        .args(["verify", "--db", db])
-        .env("RUST_LOG", "warn")
-        .output()
-        .context("cannot run replayer verify")?;
-    if out.status.code() != Some(0) {
-        eprintln!(
-            "verify: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let log = work_dir.join("verify-debug.log");
-        let again = std::process::Command::new(bin("replayer"))
-            .args(args)
-            .args(["verify", "--db", db])
-            .env("RUST_LOG", "debug")
-            .env("TALLY_KAFKA_DEBUG", "fetch,consumer,topic")
-            .stderr(std::fs::File::create(&log)?)
-            .status()?;
-        eprintln!(
-            "verify again ({again}), librdkafka fetch log in {}",
-            log.display()
-        );
-    }
-    Ok(out.status.code())
 }

@@ -41,7 +41,7 @@ use tally_testkit::{free_port, unique, wait_for};
 
 use crate::check;
 use crate::load::{client, probe, ClientConfig, Truth};
-use crate::run::wait_healthy;
+use crate::run::{wait_healthy, Figures};
 
 /// The kinds of fault, in the order the figures list them.
 pub const CLUSTER_FAULTS: [&str; 7] = [
@@ -118,29 +118,18 @@ pub struct Minority {
     pub controller_moved: u64,
 }
 
+/// The chaos run's figures (faults, acknowledged, lost, doubled, recovery, verify) and what the
+/// minority partitions showed.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ClusterFigures {
-    pub seed: u64,
-    pub duration_s: f64,
-    pub faults: BTreeMap<String, u64>,
-    pub acknowledged: u64,
-    pub lost: u64,
-    pub doubled: u64,
-    pub unacknowledged_counted: u64,
-    pub unfinished: u64,
-    pub client_retries: BTreeMap<String, u64>,
-    /// Restarts the runner did because a process exited on its own (as systemd would).
-    pub crash_restarts: BTreeMap<String, u64>,
-    /// Per fault kind: ms from the end of the fault until a write acknowledged after it is
-    /// folded and committed, max and mean.
-    pub recovery_ms: BTreeMap<String, (f64, f64)>,
+    #[serde(flatten)]
+    pub run: Figures,
     pub minority: Minority,
-    pub verify_exit: Option<i32>,
 }
 
 impl ClusterFigures {
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.doubled == 0 && self.unfinished == 0 && self.verify_exit == Some(0)
+        self.run.passed()
     }
 }
 
@@ -510,20 +499,16 @@ pub fn run_cluster(cfg: &ClusterConfig) -> anyhow::Result<ClusterFigures> {
     }
     let (mut figures, probe_truth) = result?;
     truth.merge(probe_truth);
-    figures.unfinished = unfinished;
+    figures.run.unfinished = unfinished;
 
     let (db, topic) = (s.db.clone(), s.topic.clone());
     check::wait_folded(&db, &topic, &truth.max_offsets, || {
         s.supervise().expect("supervise")
     });
     let t = check::tally(&truth, check::stored_sums(&s.db, &s.topic)?);
-    figures.lost = t.lost;
-    figures.doubled = t.doubled;
-    figures.unacknowledged_counted = t.unacknowledged_counted;
-    figures.acknowledged = truth.acknowledged;
-    figures.client_retries = truth.retries;
-    figures.crash_restarts = s.crash_restarts.clone();
-    figures.verify_exit = check::verify(
+    figures.run.record(t, truth);
+    figures.run.crash_restarts = s.crash_restarts.clone();
+    figures.run.verify_exit = check::verify(
         &common(&s.cluster, &s.topic, cfg.partitions),
         &s.db,
         &cfg.work_dir,
@@ -539,10 +524,8 @@ fn faults(
     acks: &AtomicU64,
 ) -> anyhow::Result<(ClusterFigures, Truth)> {
     let start = Instant::now();
-    let mut figures = ClusterFigures {
-        seed: cfg.seed,
-        ..ClusterFigures::default()
-    };
+    let mut figures = ClusterFigures::default();
+    figures.run.seed = cfg.seed;
     figures.minority.client_acks_min = u64::MAX;
     let mut done = [0u64; 7];
     let mut recovery: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -632,10 +615,7 @@ fn faults(
         let (pp, po) = probe(&s.lb, n, &mut probes, Duration::from_secs(180))
             .with_context(|| format!("no write acknowledged after {name} #{}", done[kind]))?;
         let deadline = Instant::now() + Duration::from_secs(180);
-        while !check::committed(&s.db, &s.topic)
-            .get(&pp)
-            .is_some_and(|c| *c > po)
-        {
+        while !check::folded(&s.db, &s.topic, pp, po) {
             ensure!(
                 Instant::now() < deadline,
                 "no recovery within 180 s after {name} #{}",
@@ -650,11 +630,11 @@ fn faults(
     }
     // Every node back and in sync before the final check.
     s.wait_in_sync(Duration::from_secs(120))?;
-    figures.duration_s = start.elapsed().as_secs_f64();
+    figures.run.duration_s = start.elapsed().as_secs_f64();
     for (i, name) in CLUSTER_FAULTS.iter().enumerate() {
-        figures.faults.insert((*name).to_owned(), done[i]);
+        figures.run.faults.insert((*name).to_owned(), done[i]);
     }
-    figures.recovery_ms = check::max_mean(&recovery);
+    figures.run.recovery_ms = check::max_mean(&recovery);
     if figures.minority.cuts == 0 {
         figures.minority.client_acks_min = 0;
     }
@@ -690,10 +670,7 @@ fn isolate(
                 "write to {pp}@{po} not read back while a node was cut off (committed {:?})",
                 check::committed(&s.db, &s.topic)
             );
-            if check::committed(&s.db, &s.topic)
-                .get(&pp)
-                .is_some_and(|c| *c > po)
-            {
+            if check::folded(&s.db, &s.topic, pp, po) {
                 let got = s.read_sum(&key);
                 ensure!(
                     got == Some(1),

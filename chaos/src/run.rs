@@ -92,6 +92,15 @@ pub struct Figures {
 }
 
 impl Figures {
+    /// Takes the check's counts and the clients' acknowledgements and retries.
+    pub fn record(&mut self, t: check::Tally, truth: Truth) {
+        self.lost = t.lost;
+        self.doubled = t.doubled;
+        self.unacknowledged_counted = t.unacknowledged_counted;
+        self.acknowledged = truth.acknowledged;
+        self.client_retries = truth.retries;
+    }
+
     pub fn passed(&self) -> bool {
         self.lost == 0 && self.doubled == 0 && self.unfinished == 0 && self.verify_exit == Some(0)
     }
@@ -198,11 +207,6 @@ impl Pipeline {
             }
         }
     }
-
-    /// Committed next offsets, read from the database itself.
-    fn committed(&self) -> BTreeMap<i32, i64> {
-        check::committed(&self.db, &self.topic)
-    }
 }
 
 /// Runs the chaos scenario and returns its figures.
@@ -297,7 +301,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Figures> {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             p.supervise();
-            if p.committed().get(&pp).is_some_and(|n| *n > po) {
+            if check::folded(&p.db, &p.topic, pp, po) {
                 break;
             }
             if Instant::now() > deadline {
@@ -333,11 +337,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Figures> {
     let (db, topic) = (p.db.clone(), p.topic.clone());
     check::wait_folded(&db, &topic, &truth.max_offsets, || p.supervise());
     let t = check::tally(&truth, check::stored_sums(&p.db, &p.topic)?);
-    figures.lost = t.lost;
-    figures.doubled = t.doubled;
-    figures.unacknowledged_counted = t.unacknowledged_counted;
-    figures.acknowledged = truth.acknowledged;
-    figures.client_retries = truth.retries;
+    figures.record(t, truth);
     figures.crash_restarts = p.crash_restarts.clone();
     for (i, name) in FAULTS.iter().enumerate() {
         figures.faults.insert((*name).to_owned(), done[i]);

@@ -24,24 +24,24 @@ fn short_cluster_run_loses_and_doubles_nothing() {
     let f = tally_chaos::run_cluster(&cfg).expect("the cluster run completes");
     println!("{}", serde_json::to_string_pretty(&f).unwrap());
     println!("wall time {:.0} s", started.elapsed().as_secs_f64());
-    assert_eq!(f.lost, 0, "lost increments (seed {seed})");
-    assert_eq!(f.doubled, 0, "doubled increments (seed {seed})");
+    assert_eq!(f.run.lost, 0, "lost increments (seed {seed})");
+    assert_eq!(f.run.doubled, 0, "doubled increments (seed {seed})");
     assert_eq!(
-        f.unfinished, 0,
+        f.run.unfinished, 0,
         "increments never acknowledged (seed {seed})"
     );
-    assert_eq!(f.verify_exit, Some(0), "replayer verify (seed {seed})");
+    assert_eq!(f.run.verify_exit, Some(0), "replayer verify (seed {seed})");
     for kind in tally_chaos::cluster::CLUSTER_FAULTS {
-        assert!(f.faults[kind] >= 1, "{kind}: {:?}", f.faults);
+        assert!(f.run.faults[kind] >= 1, "{kind}: {:?}", f.run.faults);
         assert!(
-            f.recovery_ms.contains_key(kind),
+            f.run.recovery_ms.contains_key(kind),
             "{kind} recovered: {:?}",
-            f.recovery_ms
+            f.run.recovery_ms
         );
     }
     // Both isolations were minority partitions in which the majority kept working.
     assert_eq!(f.minority.cuts, 2, "{:?}", f.minority);
     assert!(f.minority.client_acks_min > 0, "{:?}", f.minority);
     assert_eq!(f.minority.controller_moved, 1, "{:?}", f.minority);
-    assert!(f.acknowledged > 500, "load ran: {}", f.acknowledged);
+    assert!(f.run.acknowledged > 500, "load ran: {}", f.run.acknowledged);
 }

@@ -20,16 +20,7 @@ pub const SUBNET: &str = "10.77.0";
 
 /// Runs `ip ARGS`; panics with its stderr when it fails.
 fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("cannot run `ip` (install iproute2; the cluster run needs it and root)");
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    ip_output(args);
 }
 
 /// Runs `ip ARGS` and ignores failure (cleanup of what may already be gone).
@@ -37,6 +28,7 @@ fn ip_quiet(args: &[&str]) {
     let _ = Command::new("ip").args(args).output();
 }
 
+/// Runs `ip ARGS` and returns its stdout; panics with its stderr when it fails.
 fn ip_output(args: &[&str]) -> String {
     let out = Command::new("ip")
         .args(args)
