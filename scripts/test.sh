@@ -7,12 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Tools the tests need (they fail, never skip, without them): Java and Maven for Kafka,
-# Chromium for the status page, systemd-analyze for the units, hadolint for the Dockerfile.
+# Chromium for the status page, systemd-analyze for the units, hadolint for the Dockerfile,
+# HAProxy for the cluster run.
 missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v haproxy >/dev/null || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update -qq

@@ -14,11 +14,13 @@
 
 pub mod abuse;
 pub mod check;
+pub mod cluster;
 pub mod disk;
 pub mod load;
 pub mod run;
 
 pub use abuse::{abuse, AbuseConfig, AbuseFigures};
+pub use cluster::{run_cluster, ClusterConfig, ClusterFigures};
 pub use run::{run, Config, Figures};
 
 /// A seed for a run that was given none: the clock, in seconds (printed with the figures).

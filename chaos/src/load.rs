@@ -1,21 +1,41 @@
-//! Clients with ground truth. Every logical increment is `+1` on a key and carries a unique
-//! idempotency key; a client retries it (same key) until ingest answers 200, so each one is
-//! acknowledged exactly once in the truth, whatever faults hit ingest or the broker. With
-//! all values 1, a key's stored sum minus its acknowledged count is the number doubled
-//! (positive) or lost (negative).
+//! Clients with ground truth. Each client owns its keys; on a key, request `j` (the key's
+//! `j`-th, `j < 39`) sends the value `3^j` and carries a unique idempotency key, and a client
+//! retries it (same idempotency key) until ingest answers 200. A key's stored sum written in
+//! base 3 then says, digit by digit, how many times each request was counted: 0 for a lost one,
+//! 1 for exactly once, 2 for a double. A loss and a double on the same key cannot cancel out
+//! (with `+1` everywhere they did), and losses and doubles are counted apart
+//! ([`crate::check::tally`]). After 39 requests a key is retired and a fresh one takes its
+//! place.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::bail;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
+/// Requests per key: `3^38 * 2` and the sum of all digits at 2 still fit an i64.
+pub const PER_KEY: u32 = 39;
+
+/// The value request `j` on a key sends.
+pub fn value(j: u32) -> i64 {
+    assert!(j < PER_KEY, "request {j} on one key: at most {PER_KEY}");
+    3i64.pow(j)
+}
+
+/// What was sent and acknowledged on one key: bit `j` for request `j`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLedger {
+    pub sent: u64,
+    pub acked: u64,
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Truth {
-    pub counts: BTreeMap<String, i64>,
+    pub keys: BTreeMap<String, KeyLedger>,
     pub max_offsets: BTreeMap<i32, i64>,
     pub acknowledged: u64,
     /// Answers that were not 200 (and were retried), by status or "connect".
@@ -24,65 +44,100 @@ pub struct Truth {
 
 impl Truth {
     pub fn merge(&mut self, o: Truth) {
-        for (k, v) in o.counts {
-            *self.counts.entry(k).or_insert(0) += v;
+        for (k, l) in o.keys {
+            let e = self.keys.entry(k).or_default();
+            e.sent |= l.sent;
+            e.acked |= l.acked;
         }
         for (p, off) in o.max_offsets {
-            let m = self.max_offsets.entry(p).or_insert(off);
-            *m = (*m).max(off);
+            self.landed(p, off);
         }
         for (k, v) in o.retries {
             *self.retries.entry(k).or_insert(0) += v;
         }
         self.acknowledged += o.acknowledged;
     }
+
+    fn landed(&mut self, p: i32, off: i64) {
+        let m = self.max_offsets.entry(p).or_insert(off);
+        *m = (*m).max(off);
+    }
+
+    /// Request `j` on `key` is about to be sent (once or more, with one idempotency key).
+    pub fn sending(&mut self, key: &str, j: u32) {
+        self.keys.entry(key.to_owned()).or_default().sent |= 1 << j;
+    }
+
+    /// Request `j` on `key` got a 200 (`answer` is ingest's JSON: where it landed).
+    pub fn acknowledged(&mut self, key: &str, j: u32, answer: &Value) {
+        self.keys.entry(key.to_owned()).or_default().acked |= 1 << j;
+        self.acknowledged += 1;
+        if let (Some(p), Some(o)) = (answer["partition"].as_i64(), answer["offset"].as_i64()) {
+            self.landed(p as i32, o);
+        }
+    }
+}
+
+/// How one client runs.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub id: usize,
+    /// Ingest, or the load balancer in front of it.
+    pub base: String,
+    /// Keys this client writes at a time.
+    pub keys: usize,
+    pub seed: u64,
+    pub stop: Arc<AtomicBool>,
+    /// After `stop`, how long the increment in hand may still be retried.
+    pub drain: Duration,
+    /// Counts every acknowledgement as it happens (for progress checks during a fault).
+    pub acks: Arc<AtomicU64>,
 }
 
 /// One client: sends until `stop`, then finishes the increment in hand (retrying until it is
 /// acknowledged or `drain` runs out, which is reported as unfinished).
-pub fn client(
-    id: usize,
-    base: String,
-    keys: usize,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-    drain: Duration,
-) -> (Truth, u64) {
+pub fn client(cfg: ClientConfig) -> (Truth, u64) {
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client");
-    let mut rng = StdRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9E37_79B9));
+    let id = cfg.id;
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ (id as u64).wrapping_mul(0x9E37_79B9));
     let mut truth = Truth::default();
     let mut unfinished = 0;
     let mut seq = 0u64;
+    // Per slot: (generation, next request index).
+    let mut slots = vec![(0u64, 0u32); cfg.keys.max(1)];
     let mut stop_seen: Option<Instant> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let key = format!("k{}", rng.gen_range(0..keys));
+    while !cfg.stop.load(Ordering::Relaxed) {
+        let s = rng.gen_range(0..slots.len());
+        if slots[s].1 == PER_KEY {
+            slots[s] = (slots[s].0 + 1, 0);
+        }
+        let (gen, j) = slots[s];
+        slots[s].1 += 1;
+        let key = format!("c{id}-{s}-{gen}");
         let idem = format!("c{id}-{seq}");
         seq += 1;
+        truth.sending(&key, j);
         let mut backoff = Duration::from_millis(20);
         loop {
-            if stop.load(Ordering::Relaxed)
-                && stop_seen.get_or_insert_with(Instant::now).elapsed() > drain
+            if cfg.stop.load(Ordering::Relaxed)
+                && stop_seen.get_or_insert_with(Instant::now).elapsed() > cfg.drain
             {
                 unfinished += 1;
                 break;
             }
             let r = http
-                .post(format!("{base}/increments"))
+                .post(format!("{}/increments", cfg.base))
                 .header("idempotency-key", &idem)
-                .json(&serde_json::json!({"key": key, "value": 1}))
+                .json(&serde_json::json!({"key": key, "value": value(j)}))
                 .send();
             match r {
                 Ok(resp) if resp.status() == 200 => {
                     let v: Value = resp.json().unwrap_or(Value::Null);
-                    *truth.counts.entry(key.clone()).or_insert(0) += 1;
-                    truth.acknowledged += 1;
-                    if let (Some(p), Some(o)) = (v["partition"].as_i64(), v["offset"].as_i64()) {
-                        let m = truth.max_offsets.entry(p as i32).or_insert(o);
-                        *m = (*m).max(o);
-                    }
+                    truth.acknowledged(&key, j, &v);
+                    cfg.acks.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 Ok(resp) => {
@@ -98,4 +153,40 @@ pub fn client(
         }
     }
     (truth, unfinished)
+}
+
+/// One write of 1 on the fresh key `probe-{n}`, retried with one idempotency key until it is
+/// acknowledged or `within` runs out; returns where it landed and is recorded in `truth`.
+pub fn probe(
+    base: &str,
+    n: u64,
+    truth: &mut Truth,
+    within: Duration,
+) -> anyhow::Result<(i32, i64)> {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let key = format!("probe-{n}");
+    let idem = format!("probe-{n}");
+    truth.sending(&key, 0);
+    let start = Instant::now();
+    while start.elapsed() < within {
+        let r = http
+            .post(format!("{base}/increments"))
+            .header("idempotency-key", &idem)
+            .json(&serde_json::json!({"key": key, "value": value(0)}))
+            .send();
+        if let Ok(resp) = r {
+            if resp.status() == 200 {
+                let v: Value = resp.json()?;
+                truth.acknowledged(&key, 0, &v);
+                let p = v["partition"].as_i64().unwrap_or(-1) as i32;
+                let o = v["offset"].as_i64().unwrap_or(-1);
+                return Ok((p, o));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("probe {key} not acknowledged within {within:?}")
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,12 +11,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tally_testkit::broker::Broker;
-use tally_testkit::process::{bin, Proc};
+use tally_testkit::process::Proc;
 use tally_testkit::{free_port, unique, wait_for};
 
 use crate::check;
 use crate::disk::SmallFs;
-use crate::load::{client, Truth};
+use crate::load::{client, probe, ClientConfig, Truth};
 
 /// The kinds of fault, in the order the figures list them.
 pub const FAULTS: [&str; 5] = [
@@ -76,8 +76,12 @@ pub struct Figures {
     pub duration_s: f64,
     pub faults: BTreeMap<String, u64>,
     pub acknowledged: u64,
-    pub lost: i64,
-    pub doubled: i64,
+    /// Acknowledged increments counted zero times.
+    pub lost: u64,
+    /// Extra counts of increments counted more than once.
+    pub doubled: u64,
+    /// Increments never acknowledged (still retried when the run ended) and counted once.
+    pub unacknowledged_counted: u64,
     pub unfinished: u64,
     pub client_retries: BTreeMap<String, u64>,
     /// Restarts the runner did because a process exited on its own (as systemd would).
@@ -91,6 +95,15 @@ pub struct Figures {
 }
 
 impl Figures {
+    /// Takes the check's counts and the clients' acknowledgements and retries.
+    pub fn record(&mut self, t: check::Tally, truth: Truth) {
+        self.lost = t.lost;
+        self.doubled = t.doubled;
+        self.unacknowledged_counted = t.unacknowledged_counted;
+        self.acknowledged = truth.acknowledged;
+        self.client_retries = truth.retries;
+    }
+
     pub fn passed(&self) -> bool {
         self.lost == 0
             && self.doubled == 0
@@ -130,7 +143,7 @@ fn healthy(base: &str) -> bool {
         .is_ok_and(|r| r.status() == 200)
 }
 
-fn wait_healthy(base: &str) {
+pub(crate) fn wait_healthy(base: &str) {
     wait_for(
         &format!("{base} to be healthy"),
         Duration::from_secs(90),
@@ -201,42 +214,6 @@ impl Pipeline {
             }
         }
     }
-
-    /// Committed next offsets, read from the database itself.
-    fn committed(&self) -> BTreeMap<i32, i64> {
-        check::committed(&self.db, &self.topic)
-    }
-}
-
-/// One acknowledged probe write; returns where it landed. Retries until it succeeds.
-fn probe(base: &str, n: u64, truth: &mut Truth) -> (i32, i64) {
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
-    let idem = format!("probe-{n}");
-    loop {
-        let r = http
-            .post(format!("{base}/increments"))
-            .header("idempotency-key", &idem)
-            .json(&serde_json::json!({"key": "probe", "value": 1}))
-            .send();
-        if let Ok(resp) = r {
-            if resp.status() == 200 {
-                let v: serde_json::Value = resp.json().expect("json");
-                *truth.counts.entry("probe".into()).or_insert(0) += 1;
-                truth.acknowledged += 1;
-                let (p, o) = (
-                    v["partition"].as_i64().expect("partition") as i32,
-                    v["offset"].as_i64().expect("offset"),
-                );
-                let m = truth.max_offsets.entry(p).or_insert(o);
-                *m = (*m).max(o);
-                return (p, o);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Runs the chaos scenario and returns its figures.
@@ -248,10 +225,17 @@ pub fn run(cfg: &Config) -> anyhow::Result<Figures> {
     let stop = Arc::new(AtomicBool::new(false));
     let drain = Duration::from_secs(120);
     let clients: Vec<_> = (0..cfg.clients)
-        .map(|i| {
-            let (base, stop) = (p.ingest_base.clone(), stop.clone());
-            let (keys, seed) = (cfg.keys, cfg.seed);
-            std::thread::spawn(move || client(i, base, keys, seed, stop, drain))
+        .map(|id| {
+            let c = ClientConfig {
+                id,
+                base: p.ingest_base.clone(),
+                keys: cfg.keys / cfg.clients.max(1),
+                seed: cfg.seed,
+                stop: stop.clone(),
+                drain,
+                acks: Arc::new(AtomicU64::new(0)),
+            };
+            std::thread::spawn(move || client(c))
         })
         .collect();
 
@@ -315,11 +299,16 @@ pub fn run(cfg: &Config) -> anyhow::Result<Figures> {
         let t = Instant::now();
         p.supervise();
         probes += 1;
-        let (pp, po) = probe(&p.ingest_base, probes, &mut probe_truth);
+        let (pp, po) = probe(
+            &p.ingest_base,
+            probes,
+            &mut probe_truth,
+            Duration::from_secs(180),
+        )?;
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             p.supervise();
-            if p.committed().get(&pp).is_some_and(|n| *n > po) {
+            if check::folded(&p.db, &p.topic, pp, po) {
                 break;
             }
             if Instant::now() > deadline {
@@ -354,84 +343,30 @@ pub fn run(cfg: &Config) -> anyhow::Result<Figures> {
     // Everything acknowledged is folded?
     let (db, topic) = (p.db.clone(), p.topic.clone());
     check::wait_folded(&db, &topic, &truth.max_offsets, || p.supervise());
-    let mut stored = check::stored_sums(&p.db, &p.topic)?;
-    for (k, want) in &truth.counts {
-        let got = stored.remove(k).unwrap_or(0);
-        if got > *want {
-            figures.doubled += got - want;
-        } else {
-            figures.lost += want - got;
-        }
-    }
-    figures.doubled += stored.values().filter(|v| **v > 0).sum::<i64>();
-    figures.acknowledged = truth.acknowledged;
-    figures.client_retries = truth.retries;
+    let t = check::tally(&truth, check::stored_sums(&p.db, &p.topic)?);
+    figures.record(t, truth);
     figures.crash_restarts = p.crash_restarts.clone();
     for (i, name) in FAULTS.iter().enumerate() {
         figures.faults.insert((*name).to_owned(), done[i]);
     }
-    for (k, v) in recovery {
-        let max = v.iter().cloned().fold(0.0, f64::max);
-        let mean = v.iter().sum::<f64>() / v.len() as f64;
-        figures.recovery_ms.insert(k.to_owned(), (max, mean));
-    }
+    figures.recovery_ms = check::max_mean(&recovery);
     // No offset advanced past an unapplied record: the log up to the committed offsets folds
     // to exactly the stored sums.
-    let out = std::process::Command::new(bin("replayer"))
-        .args(common(&p.broker, &p.topic, cfg.partitions))
-        .args(["verify", "--db", p.db.to_str().expect("utf-8 path")])
-        .env("RUST_LOG", "warn")
-        .output()
-        .context("cannot run replayer verify")?;
-    figures.verify_exit = out.status.code();
-    if out.status.code() != Some(0) {
-        eprintln!(
-            "verify: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // Once more with librdkafka's fetch log, kept for diagnosis.
-        let log = cfg.work_dir.join("verify-debug.log");
-        let again = std::process::Command::new(bin("replayer"))
-            .args(common(&p.broker, &p.topic, cfg.partitions))
-            .args(["verify", "--db", p.db.to_str().expect("utf-8 path")])
-            .env("RUST_LOG", "debug")
-            .env("TALLY_KAFKA_DEBUG", "fetch,consumer,topic")
-            .stderr(std::fs::File::create(&log)?)
-            .status()?;
-        eprintln!(
-            "verify again ({again}), librdkafka fetch log in {}",
-            log.display()
-        );
-    }
+    figures.verify_exit = check::verify(
+        &common(&p.broker, &p.topic, cfg.partitions),
+        &p.db,
+        &cfg.work_dir,
+    )?;
     // The log rebuilds the same state from scratch. The aggregators stop first (SIGTERM: a
-    // final commit), so that the live database holds still while it is compared.
+    // final commit).
     for (a, _) in &mut p.aggs {
         a.terminate(Duration::from_secs(30));
     }
-    let rebuilt = cfg.work_dir.join("rebuilt.db");
-    let _ = std::fs::remove_file(&rebuilt);
-    let out = std::process::Command::new(bin("replayer"))
-        .args(common(&p.broker, &p.topic, cfg.partitions))
-        .args(["rebuild", "--db", rebuilt.to_str().expect("utf-8 path")])
-        .env("RUST_LOG", "warn")
-        .output()
-        .context("cannot run replayer rebuild")?;
-    if out.status.success() {
-        let live = check::stored_sums(&p.db, &p.topic)?;
-        let again = check::stored_sums(&rebuilt, &p.topic)?;
-        let keys: std::collections::BTreeSet<&String> = live.keys().chain(again.keys()).collect();
-        let differ = keys
-            .into_iter()
-            .filter(|k| live.get(*k).unwrap_or(&0) != again.get(*k).unwrap_or(&0))
-            .count();
-        figures.rebuild_differences = Some(differ as u64);
-    } else {
-        eprintln!(
-            "rebuild: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    figures.rebuild_differences = check::rebuild_differences(
+        &common(&p.broker, &p.topic, cfg.partitions),
+        &p.db,
+        &p.topic,
+        &cfg.work_dir,
+    )?;
     Ok(figures)
 }

@@ -216,6 +216,27 @@ impl KafkaNode {
         }
     }
 
+    /// Stops the node as an operator would (SIGTERM: a controlled shutdown that hands its
+    /// leaderships over first), SIGKILL after `grace`; its data stays.
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(mut c) = self.child.take() {
+            let _ = crate::process::unsafe_kill(c.id() as i32, libc::SIGCONT);
+            let _ = crate::process::unsafe_kill(c.id() as i32, libc::SIGTERM);
+            let start = std::time::Instant::now();
+            while c.try_wait().ok().flatten().is_none() && start.elapsed() < grace {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The node's data directory (its `log` subdirectory holds the partitions and
+    /// `__cluster_metadata-0/quorum-state`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// SIGSTOPs the node: its connections stay open but nothing is answered.
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);

@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod netns;
 pub mod process;
 
 use std::path::PathBuf;
