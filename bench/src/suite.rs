@@ -728,8 +728,11 @@ struct RawRead {
 /// is timed from the first record to the last.
 fn raw_consume(kafka: &KafkaArgs, group: bool) -> anyhow::Result<RawRead> {
     let consumer: BaseConsumer = if group {
+        // A plain group member: no stored offsets, so it starts where the log starts (Tally's
+        // consumers use auto.offset.reset=error and set their start offsets themselves).
         kafka
             .group_consumer(&unique("raw"), Duration::from_secs(6))
+            .set("auto.offset.reset", "earliest")
             .create()?
     } else {
         kafka.reader().create()?
