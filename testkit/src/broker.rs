@@ -260,11 +260,6 @@ impl KafkaNode {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
-
-    /// The OS process id, while running.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
 }
 
 impl Drop for KafkaNode {
@@ -412,10 +407,6 @@ impl Broker {
         self.nodes.dir.path()
     }
 
-    pub fn node(&mut self) -> &mut KafkaNode {
-        &mut self.nodes.nodes[0]
-    }
-
     /// SIGKILLs the broker (its data stays).
     pub fn kill(&mut self) {
         self.nodes.nodes[0].kill();
@@ -435,16 +426,6 @@ impl Broker {
     /// until it answers.
     pub fn restart(&mut self) {
         self.nodes.restart(0);
-    }
-
-    /// Starts a killed broker again without waiting for it (a supervisor's restart).
-    pub fn spawn_again(&mut self) {
-        self.nodes.nodes[0].spawn();
-    }
-
-    /// Waits until the broker answers metadata.
-    pub fn wait_up(&mut self) {
-        self.nodes.wait_up(0);
     }
 
     /// The broker's log, for failure messages.
