@@ -85,8 +85,21 @@ impl KafkaArgs {
     /// on Kafka's committed offsets (start positions are set on assignment). A start position
     /// outside the log is an error (`auto.offset.reset=error`), never a silent jump to either
     /// end; only committed transactions are read (`isolation.level=read_committed`).
+    ///
+    /// Timeouts for a broker that vanishes without a word (a cut link sends no RST): a request
+    /// in flight to it is given up after `socket.timeout.ms` ([`MEMBER_SOCKET_TIMEOUT`]), and a
+    /// JoinGroup in flight to a cut coordinator after `max.poll.interval.ms` plus 3 s, which
+    /// librdkafka uses as that request's timeout. With their defaults (60 s and 300 s) a
+    /// rebalance that meets a cut coordinator left the group without owners for five minutes.
+    /// The member polls continuously, so [`MAX_POLL_INTERVAL`] is no constraint on folding.
     pub fn group_consumer(&self, group: &str, session_timeout: Duration) -> ClientConfig {
         let mut c = self.base();
+        let max_poll = MAX_POLL_INTERVAL.max(session_timeout);
+        c.set(
+            "socket.timeout.ms",
+            MEMBER_SOCKET_TIMEOUT.as_millis().to_string(),
+        )
+        .set("max.poll.interval.ms", max_poll.as_millis().to_string());
         c.set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -162,6 +175,14 @@ impl KafkaArgs {
         Ok(())
     }
 }
+
+/// How long a group member waits for any answer from a broker before it gives the request up
+/// and reconnects (librdkafka's `socket.timeout.ms`, default 60 s).
+pub const MEMBER_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A group member's `max.poll.interval.ms` (default 300 s), raised to the session timeout when
+/// that is longer, as librdkafka requires.
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The value of a record's idempotency header ([`crate::record::IDEMPOTENCY_HEADER`]), if any.
 pub fn idempotency_key<M: rdkafka::message::Message>(m: &M) -> Option<&[u8]> {

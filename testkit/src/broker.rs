@@ -283,11 +283,18 @@ pub fn metadata_brokers(bootstrap: &str, timeout: Duration) -> Option<Vec<i32>> 
 }
 
 /// A random Kafka cluster id (a UUID in URL-safe base64 without padding, as StorageTool's
-/// `random-uuid` prints).
+/// `random-uuid` prints). Like Kafka's own `Uuid.randomUuid`, it never starts with `-`:
+/// StorageTool's argument parser would take such an id for an option and fail with
+/// "argument --cluster-id/-t: expected one argument" (one start in 64 did, in CI).
 fn cluster_id() -> String {
     use base64::Engine as _;
-    let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    loop {
+        let bytes: [u8; 16] = rand::random();
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
 }
 
 /// Nodes that share one cluster id and controller quorum.
@@ -502,5 +509,20 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.nodes.keep_on_panic();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_id;
+
+    #[test]
+    fn cluster_ids_never_start_with_a_dash() {
+        // One random id in 64 would; 10,000 draws make a missing guard all but certain to show.
+        for _ in 0..10_000 {
+            let id = cluster_id();
+            assert_eq!(id.len(), 22, "{id}");
+            assert!(!id.starts_with('-'), "{id}");
+        }
     }
 }
