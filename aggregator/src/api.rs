@@ -421,10 +421,18 @@ async fn get_rejected(q: RejectedQuery, api: Api) -> Result<Response, ApiError> 
 
 /// 200 once this process is in the group, none of its partitions is stopped (the log does not
 /// cover its stored offset) and the lag of the partitions it owns is known and at most the
-/// bound; 503 otherwise (`partition_stopped` names topic, partitions and offsets).
+/// bound; 503 otherwise (`partition_stopped` names topic, partitions and offsets;
+/// `topic_recreated` names both topic ids).
 fn readyz(api: Api) -> Result<Response, ApiError> {
     let progress = api.progress.borrow().clone();
     let not_ready = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", m);
+    if let Some(why) = progress.refused {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "topic_recreated",
+            why,
+        ));
+    }
     if !progress.joined {
         return Err(not_ready("not in the consumer group yet".into()));
     }

@@ -325,6 +325,9 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
     let mut store = Store::open(&config.db, &topic, OpenMode::CreateIfMissing)
         .with_context(|| format!("cannot open database {}", config.db.display()))?;
     store.set_idempotency_retention(config.idempotency_retention());
+    if let Err(why) = config.kafka.check_topic_id(&mut store)? {
+        return refuse(why, &progress, &stop);
+    }
     let ctx = Ctx {
         topic: topic.clone(),
         applier: Mutex::new(Applier::new(store)),
@@ -558,6 +561,19 @@ fn advance_to_positions(consumer: &BaseConsumer<Ctx>) {
             applier.advance_to(e.partition(), o);
         }
     }
+}
+
+/// The topic is not the one the database folded: join no group, fold nothing, say why on
+/// `/readyz` and in one error line, and wait for the stop (the HTTP side keeps serving the
+/// sums as they were, for the operator who recovers them).
+fn refuse(why: String, progress: &ProgressTx, stop: &CancellationToken) -> anyhow::Result<()> {
+    tracing::error!("refusing to fold: {why}");
+    instruments::refused();
+    progress.send_modify(|pr| pr.refused = Some(why));
+    while !stop.is_cancelled() {
+        std::thread::sleep(POLL);
+    }
+    Ok(())
 }
 
 /// After an offset-reset error: compares each owned partition's next offset with the log's

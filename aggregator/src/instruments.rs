@@ -31,6 +31,9 @@ pub const OWNED: &str = "tally_owned_partitions";
 /// offset, by partition and reason (`log_start_past_stored_offset`,
 /// `log_end_before_stored_offset`); 0 once it is given up.
 pub const STOPPED: &str = "tally_partition_stopped";
+/// 1 when this process folds nothing because the topic's id is not the one its database
+/// folded (the topic was recreated).
+pub const TOPIC_RECREATED: &str = "tally_topic_recreated";
 /// Offsets passed without a record (transaction markers, aborted records), by partition.
 pub const SKIPPED_OFFSETS: &str = "tally_skipped_offsets_total";
 
@@ -104,6 +107,10 @@ pub fn stopped(partition: i32, reason: &'static str, on: bool) {
     } else {
         0.0
     });
+}
+
+pub fn refused() {
+    gauge!(TOPIC_RECREATED).set(1.0);
 }
 
 pub fn skipped_offsets(partition: i32, n: u64) {

@@ -23,6 +23,8 @@ pub struct Progress {
     /// Owned partitions that stopped because the log no longer holds what follows their stored
     /// offset, each with the sentence that says why (topic, partition, offsets).
     pub stopped: BTreeMap<i32, String>,
+    /// Why this process folds nothing at all (the topic was recreated), if it refused to.
+    pub refused: Option<String>,
 }
 
 impl Progress {

@@ -300,8 +300,11 @@ fn deleted_records_stop_only_their_partition_and_rebuild_refuses_a_log_not_at_ze
     );
 }
 
+/// The silent case the log end alone cannot see: the recreated topic has grown past the stored
+/// offsets before the aggregator comes back, so offsets 0..10 of the new log look like
+/// redeliveries. The topic id tells the two logs apart.
 #[test]
-fn a_recreated_topic_stops_the_partitions_it_no_longer_covers() {
+fn a_recreated_topic_is_refused_by_its_id_even_once_it_outgrew_the_stored_offsets() {
     let p = Pipeline::new(1);
     let ingest = p.ingest(&[]);
     let mut agg = p.aggregator(&[]);
@@ -324,22 +327,69 @@ fn a_recreated_topic_stops_the_partitions_it_no_longer_covers() {
     });
     drop(ingest);
     let ingest = p.ingest(&[]);
-    post(&ingest.base, &["b0".to_owned(), "b1".to_owned()]);
+    let new_keys: Vec<String> = (0..15).map(|i| format!("b{i}")).collect();
+    post(&ingest.base, &new_keys);
+    assert_eq!(
+        high_watermarks(&p)[&0],
+        15,
+        "the new log is past the stored offset 10"
+    );
     agg.restart();
-    let (_, v) = wait_for("/readyz to report the stopped partition", T, || {
+    let (_, v) = wait_for("/readyz to refuse the recreated topic", T, || {
         let r = readyz(&agg.base);
-        (r.1["error"]["code"] == "partition_stopped").then_some(r)
+        (r.1["error"]["code"] == "topic_recreated").then_some(r)
     });
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(
-        msg.contains(
-            "partition 0: the log ends at offset 2 but the database has folded up to offset 10"
-        ),
+        msg.contains(&format!("topic {} has id", p.topic))
+            && msg.contains("deleted and created again"),
         "{msg}"
     );
-    // The new records were not taken for redeliveries of old offsets, nor counted.
-    assert_eq!(tally_testkit::client::sum(&client, &agg.base, "b0"), None);
+    // Nothing of the new log was counted, nothing of the old one lost: the store is as it was.
+    std::thread::sleep(Duration::from_secs(2));
+    let (lost, doubled) = judge(&agg.base, &keys.iter().map(|k| (k.clone(), 1)).collect());
+    assert_eq!((lost.len(), doubled.len()), (0, 0), "{lost:?} {doubled:?}");
+    let counted_new: Vec<&String> = new_keys
+        .iter()
+        .filter(|k| tally_testkit::client::sum(&client, &agg.base, k).is_some())
+        .collect();
+    assert!(
+        counted_new.is_empty(),
+        "new records counted: {counted_new:?}"
+    );
     assert_eq!(offsets(&client, &agg.base).unwrap().get(&0), Some(&10));
+    agg.proc.terminate(T);
+
+    // The replayer refuses the same database in one line, exit 2: continue and verify alike.
+    let db = p.db().display().to_string();
+    for args in [
+        vec!["rebuild", "--db", &db, "--continue"],
+        vec!["verify", "--db", &db],
+    ] {
+        let out = p.replayer(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("deleted and created again"), "{args:?}: {err}");
+    }
+    // The runbook's recovery: a rebuild into a new database counts the new log exactly.
+    let fresh = p.dir.path().join("fresh.db").display().to_string();
+    let out = p.replayer(&["rebuild", "--db", &fresh]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = tally_pipeline::store::Store::open(
+        std::path::Path::new(&fresh),
+        &p.topic,
+        tally_pipeline::store::OpenMode::Existing,
+    )
+    .unwrap();
+    let snap = store.snapshot().unwrap();
+    assert_eq!(snap.offsets.get(&0), Some(&15));
+    let total: i64 = snap.sums.values().sum();
+    assert_eq!(total, 15, "each new increment once");
 }
 
 #[test]

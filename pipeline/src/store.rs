@@ -163,6 +163,35 @@ impl Store {
         })
     }
 
+    /// The topic id this database was bound to, if any ([`Store::bind_topic_id`]).
+    pub fn stored_topic_id(&self) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE name = 'topic_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Binds the database to the broker's id of its topic: the first id given is stored, and
+    /// the stored one is returned (the one given, on a database that had none). A database
+    /// folded before ids were stored keeps no id until this is first called.
+    pub fn bind_topic_id(&mut self, id: &str) -> Result<String> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO meta (name, value) VALUES ('topic_id', ?1) ON CONFLICT (name) DO NOTHING",
+            [id],
+        )?;
+        let stored: String =
+            tx.query_row("SELECT value FROM meta WHERE name = 'topic_id'", [], |r| {
+                r.get(0)
+            })?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
     /// Sets how long and how many spent idempotency keys are remembered.
     pub fn set_idempotency_retention(&mut self, retention: IdempotencyRetention) {
         self.retention = retention;
@@ -621,6 +650,19 @@ mod tests {
             .unwrap();
         }
         b
+    }
+
+    #[test]
+    fn the_first_topic_id_bound_stays() {
+        let mut s = Store::in_memory("t").unwrap();
+        assert_eq!(s.stored_topic_id().unwrap(), None);
+        assert_eq!(s.bind_topic_id("id-1").unwrap(), "id-1");
+        assert_eq!(s.stored_topic_id().unwrap().as_deref(), Some("id-1"));
+        assert_eq!(
+            s.bind_topic_id("id-2").unwrap(),
+            "id-1",
+            "a later id does not replace it"
+        );
     }
 
     #[test]

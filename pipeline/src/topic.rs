@@ -120,6 +120,21 @@ pub fn judge_position(next: i64, log_start: i64, log_end: i64) -> Option<Unreada
     }
 }
 
+/// Judges the broker's id of the topic against the one a database stored when it first folded
+/// it. Another id means the topic was deleted and created again: the stored offsets and sums
+/// describe a log that no longer exists, even once the new log has grown past them.
+pub fn judge_topic_id(topic: &str, stored: &str, current: &str) -> Result<(), String> {
+    if stored == current {
+        return Ok(());
+    }
+    Err(format!(
+        "topic {topic} has id {current} on the broker, but this database folded the topic with \
+         id {stored}: the topic was deleted and created again, so its stored offsets and sums \
+         describe another log; nothing is folded (README, Recovery: topic recreated or broker \
+         wiped)"
+    ))
+}
+
 impl KafkaArgs {
     /// Reads the topic's configuration (DescribeConfigs) and refuses what would lose or miscount
     /// increments ([`judge_configs`]); logs accepted finite retention as a warning.
@@ -168,6 +183,38 @@ impl KafkaArgs {
         Ok(())
     }
 
+    /// The topic's id as the broker gives it (DescribeTopics); `None` from a broker that gives
+    /// none. Blocking.
+    pub fn topic_id(&self) -> anyhow::Result<Option<String>> {
+        let admin = self.admin()?;
+        let id = crate::topic_id::describe(
+            admin.inner().native_ptr(),
+            &self.topic,
+            Duration::from_secs(30),
+        )?;
+        if id.is_none() {
+            tracing::debug!(topic = %self.topic, "the broker gives no topic id");
+        }
+        Ok(id)
+    }
+
+    /// Binds `store` to the topic's id ([`crate::store::Store::bind_topic_id`]) and judges it
+    /// ([`judge_topic_id`]). The outer error is a failure to ask; the inner one says the topic
+    /// was recreated. A broker that gives no topic id passes (the log-end check of each
+    /// partition, [`judge_position`], is then what catches a recreated topic). Blocking.
+    pub fn check_topic_id(
+        &self,
+        store: &mut crate::store::Store,
+    ) -> anyhow::Result<Result<(), String>> {
+        let Some(current) = self.topic_id()? else {
+            return Ok(Ok(()));
+        };
+        let stored = store
+            .bind_topic_id(&current)
+            .context("cannot store the topic id")?;
+        Ok(judge_topic_id(&self.topic, &stored, &current))
+    }
+
     /// [`KafkaArgs::check_topic`] for callers without an async runtime (the replayer).
     pub fn check_topic_blocking(&self) -> anyhow::Result<()> {
         tokio::runtime::Builder::new_current_thread()
@@ -187,6 +234,16 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn another_topic_id_is_refused_and_names_both() {
+        assert_eq!(judge_topic_id("t", "AbC", "AbC"), Ok(()));
+        let e = judge_topic_id("t", "old-id", "new-id").unwrap_err();
+        assert!(
+            e.contains("old-id") && e.contains("new-id") && e.contains("topic t"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -131,7 +131,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 OpenMode::CreateNew
             };
-            let store = Store::open(&db, &cli.kafka.topic, mode).map_err(|e| {
+            let mut store = Store::open(&db, &cli.kafka.topic, mode).map_err(|e| {
                 let hint = if resume {
                     "drop --continue to create it"
                 } else {
@@ -139,6 +139,9 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 anyhow::anyhow!("{e}; {hint}")
             })?;
+            if let Err(why) = cli.kafka.check_topic_id(&mut store)? {
+                anyhow::bail!("{why}; rebuild into a new database");
+            }
             let mut applier = Applier::new(store);
             let s = crate::replay::replay(&cli.kafka, &mut applier, &from, &to, None)?;
             println!("{}", rebuilt_line(&db, &s, resume));
