@@ -82,15 +82,13 @@ pub struct Config {
     #[arg(long, env = "TALLY_MIN_COMMIT_INTERVAL_MS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub min_commit_interval_ms: u64,
-    /// How long a spent idempotency key is remembered, in seconds: a retry carrying it within
-    /// this window is not counted again.
-    #[arg(long, env = "TALLY_IDEMPOTENCY_RETENTION_SECS", default_value_t = 24 * 60 * 60,
+    /// How long a request with an Idempotency-Key is remembered, in seconds of log time (record
+    /// timestamps): a retry within it is not counted again. Stored in the database the first
+    /// time; a later start must give the same value or none. Default 3600 when the database has
+    /// none.
+    #[arg(long, env = "TALLY_IDEMPOTENCY_WINDOW_SECS",
           value_parser = clap::value_parser!(u64).range(1..=365 * 24 * 60 * 60))]
-    pub idempotency_retention_secs: u64,
-    /// Most idempotency keys remembered; the oldest beyond this are forgotten first.
-    #[arg(long, env = "TALLY_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub idempotency_max_keys: u64,
+    pub idempotency_window_secs: Option<u64>,
 }
 
 impl Config {
@@ -113,10 +111,7 @@ impl Config {
         Duration::from_millis(self.session_timeout_ms)
     }
 
-    pub fn idempotency_retention(&self) -> tally_pipeline::store::IdempotencyRetention {
-        tally_pipeline::store::IdempotencyRetention {
-            max_age: Duration::from_secs(self.idempotency_retention_secs),
-            max_keys: self.idempotency_max_keys,
-        }
+    pub fn idempotency_window(&self) -> Option<Duration> {
+        self.idempotency_window_secs.map(Duration::from_secs)
     }
 }

@@ -324,7 +324,11 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
     let topic = config.kafka.topic.clone();
     let mut store = Store::open(&config.db, &topic, OpenMode::CreateIfMissing)
         .with_context(|| format!("cannot open database {}", config.db.display()))?;
-    store.set_idempotency_retention(config.idempotency_retention());
+    let window = store.bind_idempotency_window(config.idempotency_window())?;
+    tracing::info!(
+        window_secs = window.as_secs(),
+        "requests are remembered for this long in log time"
+    );
     if let Err(why) = config.kafka.check_topic_id(&mut store)? {
         return refuse(why, &progress, &stop);
     }
@@ -386,13 +390,10 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
                     if consumer.context().stopped().contains_key(&p) {
                         continue;
                     }
-                    let folded = consumer.context().applier().fold(
-                        p,
-                        offset,
-                        m.key(),
-                        m.payload(),
-                        tally_pipeline::kafka::idempotency_key(&m),
-                    );
+                    let folded = consumer
+                        .context()
+                        .applier()
+                        .fold(p, &tally_pipeline::kafka::record_of(&m));
                     drop(m);
                     if let Ok(f) = &folded {
                         instruments::folded(f);

@@ -10,7 +10,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use crate::parse::{parse_form, parse_json, parse_ndjson, Increment, JsonBody};
-use crate::producer::{Appender, Idempotency, Landed};
+use crate::producer::{Appender, Landed};
 
 pub struct State {
     pub appender: Appender,
@@ -112,8 +112,7 @@ async fn append_one(
 ) -> Result<Response, ApiError> {
     let incs = std::slice::from_ref(&inc);
     check_keys(incs, state.max_key_bytes)?;
-    let ik = idempotency_key.map_or(Idempotency::None, Idempotency::One);
-    let landed = state.appender.append(incs, ik).await?;
+    let landed = state.appender.append(incs, idempotency_key).await?;
     Ok(one(landed[0]))
 }
 
@@ -148,10 +147,10 @@ pub async fn increments(
         }
     };
     check_keys(&incs, state.max_key_bytes)?;
-    let ik = idempotency_key
-        .as_deref()
-        .map_or(Idempotency::None, Idempotency::Batch);
-    let landed = state.appender.append(&incs, ik).await?;
+    let landed = state
+        .appender
+        .append(&incs, idempotency_key.as_deref())
+        .await?;
     let mut offsets = BTreeMap::new();
     for l in &landed {
         let max = offsets.entry(l.partition.to_string()).or_insert(l.offset);

@@ -6,7 +6,9 @@
 //! delivery timeout, so records of a failed request do not stay queued past it; after such a
 //! timeout the idempotent producer bumps its epoch (KIP-360) and goes on without a restart.
 //! A 503 never says the record is absent: it may have been appended, and a client that
-//! retries sends an idempotency key.
+//! retries sends an idempotency key: then every record of the request carries a request header
+//! (the key, the record's index in the request, a fingerprint of the request's content), which
+//! is what lets the aggregator count a retried request's records once each.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,7 @@ use rdkafka::ClientContext;
 use tally_http::ApiError;
 use tally_pipeline::kafka::KafkaArgs;
 use tally_pipeline::kafka_log::{ClientLog, Verdict};
-use tally_pipeline::record::{encode_value, IDEMPOTENCY_HEADER};
+use tally_pipeline::record::{encode_request, encode_value, request_fingerprint, REQUEST_HEADER};
 use warp::http::StatusCode;
 
 use crate::parse::Increment;
@@ -33,24 +35,24 @@ pub struct Landed {
     pub offset: i64,
 }
 
-/// The idempotency key of a request, and how it becomes each record's header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Idempotency<'a> {
-    None,
-    /// A single increment: its record carries the key as is.
-    One(&'a str),
-    /// A batch: record `i` carries `KEY#i`.
-    Batch(&'a str),
+/// A request's idempotency key and the fingerprint of its content: what each of its records'
+/// request header carries besides the record's index.
+struct RequestId<'a> {
+    key: &'a str,
+    fingerprint: [u8; 16],
 }
 
-impl Idempotency<'_> {
-    /// The header value of record `index`.
-    pub fn record_key(&self, index: usize) -> Option<String> {
-        match self {
-            Idempotency::None => None,
-            Idempotency::One(k) => Some((*k).to_owned()),
-            Idempotency::Batch(k) => Some(format!("{k}#{index}")),
+impl<'a> RequestId<'a> {
+    fn new(key: &'a str, incs: &[Increment]) -> Self {
+        RequestId {
+            key,
+            fingerprint: request_fingerprint(incs.iter().map(|i| (i.key.as_str(), i.value))),
         }
+    }
+
+    /// The header value of record `index`.
+    fn header(&self, index: usize) -> Vec<u8> {
+        encode_request(self.key, index as u32, &self.fingerprint)
     }
 }
 
@@ -104,10 +106,10 @@ impl Appender {
     pub async fn append(
         &self,
         incs: &[Increment],
-        idempotency: Idempotency<'_>,
+        idempotency_key: Option<&str>,
     ) -> Result<Vec<Landed>, ApiError> {
         let started = Instant::now();
-        let result = self.append_inner(incs, idempotency).await;
+        let result = self.append_inner(incs, idempotency_key).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::histogram!(telemetry::PRODUCE_SECONDS, "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
@@ -120,19 +122,20 @@ impl Appender {
     async fn append_inner(
         &self,
         incs: &[Increment],
-        idempotency: Idempotency<'_>,
+        idempotency_key: Option<&str>,
     ) -> Result<Vec<Landed>, ApiError> {
+        let request = idempotency_key.map(|k| RequestId::new(k, incs));
         let mut pending = Vec::with_capacity(incs.len());
         for (i, inc) in incs.iter().enumerate() {
             let value = encode_value(inc.value);
-            let ik = idempotency.record_key(i);
+            let header = request.as_ref().map(|r| r.header(i));
             let mut record = FutureRecord::to(&self.topic)
                 .key(inc.key.as_bytes())
                 .payload(&value);
-            if let Some(ik) = &ik {
+            if let Some(header) = &header {
                 record = record.headers(OwnedHeaders::new().insert(Header {
-                    key: IDEMPOTENCY_HEADER,
-                    value: Some(ik.as_bytes()),
+                    key: REQUEST_HEADER,
+                    value: Some(header.as_slice()),
                 }));
             }
             match self.producer.send_result(record) {
@@ -226,14 +229,28 @@ fn unavailable(e: &KafkaError) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_pipeline::record::decode_request;
 
     #[test]
-    fn batch_records_get_indexed_keys() {
-        assert_eq!(Idempotency::None.record_key(0), None);
-        assert_eq!(Idempotency::One("r1").record_key(0).as_deref(), Some("r1"));
-        assert_eq!(
-            Idempotency::Batch("r1").record_key(3).as_deref(),
-            Some("r1#3")
+    fn every_record_of_a_request_names_the_request_and_its_index() {
+        let incs = [
+            Increment {
+                key: "a".into(),
+                value: 1,
+            },
+            Increment {
+                key: "b".into(),
+                value: 2,
+            },
+        ];
+        let id = RequestId::new("r1", &incs);
+        let (h0, h1) = (
+            decode_request(&id.header(0)).unwrap(),
+            decode_request(&id.header(1)).unwrap(),
         );
+        assert_eq!((h0.key.as_str(), h0.index, h1.index), ("r1", 0, 1));
+        assert_eq!(h0.fingerprint, h1.fingerprint);
+        assert_eq!(h0.fingerprint, request_fingerprint([("a", 1), ("b", 2)]));
+        assert_ne!(h0.fingerprint, RequestId::new("r1", &incs[..1]).fingerprint);
     }
 }

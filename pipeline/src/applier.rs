@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::fold::{Folded, PartitionBatch};
+use crate::fold::{Folded, PartitionBatch, Record};
 use crate::store::{Applied, Result, Store};
 
 /// Outcome of a commit, for the caller to act on.
@@ -47,10 +47,17 @@ impl Applier {
         let mut starts = Vec::with_capacity(partitions.len());
         for &p in partitions {
             let stored = self.store.stored_offset(p)?;
-            self.owned.insert(p, PartitionBatch::new(stored));
+            let batch = self.batch_from(p, stored)?;
+            self.owned.insert(p, batch);
             starts.push((p, stored));
         }
         Ok(starts)
+    }
+
+    /// A batch starting at `start` that continues the partition's stored log clock.
+    fn batch_from(&self, partition: i32, start: Option<i64>) -> Result<PartitionBatch> {
+        let clock = self.store.stored_clock(partition)?;
+        Ok(PartitionBatch::new(start).with_clock(clock, self.store.idempotency_window()))
     }
 
     /// Declares that the caller positioned its reader of `partition` at the batch's next offset
@@ -76,8 +83,10 @@ impl Applier {
     /// Takes partitions over, starting from given offsets instead of the stored ones (replayer
     /// with an explicit start). `start` must equal what the database stores for the first
     /// commit to pass; `first` is the first offset to fold.
-    pub fn assign_at(&mut self, partition: i32, start: Option<i64>) {
-        self.owned.insert(partition, PartitionBatch::new(start));
+    pub fn assign_at(&mut self, partition: i32, start: Option<i64>) -> Result<()> {
+        let batch = self.batch_from(partition, start)?;
+        self.owned.insert(partition, batch);
+        Ok(())
     }
 
     /// Commits pending work, then gives the partitions up.
@@ -118,27 +127,16 @@ impl Applier {
         self.owned.values().map(PartitionBatch::records).sum()
     }
 
-    /// Folds one record of an owned partition; `idempotency_key` is the record's
-    /// [`crate::record::IDEMPOTENCY_HEADER`] header, if any.
-    pub fn fold(
-        &mut self,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        idempotency_key: Option<&[u8]>,
-    ) -> Result<Folded> {
+    /// Folds one record of an owned partition.
+    pub fn fold(&mut self, partition: i32, record: &Record<'_>) -> Result<Folded> {
         let Some(batch) = self.owned.get_mut(&partition) else {
             return Ok(Folded::NotOwned);
         };
         let store = &self.store;
-        batch.fold_keyed(
-            offset,
-            key,
-            value,
-            idempotency_key,
+        batch.fold_record(
+            record,
             |k| store.partition_sum(partition, k),
-            |ik| store.idempotency_key_seen(partition, ik),
+            |rk| store.stored_request(partition, rk),
         )
     }
 
@@ -157,7 +155,8 @@ impl Applier {
                 .get_mut(&p)
                 .expect("committed partition is owned");
             // The reader goes on from where the batch ended, so it stays positioned.
-            let mut fresh = PartitionBatch::new(Some(next));
+            let mut fresh = PartitionBatch::new(Some(next))
+                .with_clock(slot.clock, self.store.idempotency_window());
             fresh.positioned = slot.positioned;
             let done = std::mem::replace(slot, fresh);
             report.records += done.records();
@@ -167,8 +166,8 @@ impl Applier {
             }
         }
         for f in fenced {
-            self.owned
-                .insert(f.partition, PartitionBatch::new(f.stored));
+            let batch = self.batch_from(f.partition, f.stored)?;
+            self.owned.insert(f.partition, batch);
             report.fenced.push((f.partition, f.stored));
         }
         report.committed = committed;
@@ -179,11 +178,21 @@ impl Applier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::encode_value;
+    use crate::fold::RequestHeader;
+    use crate::record::{encode_request, encode_value};
+
+    fn plain<'a>(offset: i64, key: &'a [u8], value: &'a [u8]) -> Record<'a> {
+        Record {
+            offset,
+            key: Some(key),
+            value: Some(value),
+            ..Record::default()
+        }
+    }
 
     fn fold_n(a: &mut Applier, p: i32, from: i64, n: i64, key: &str) {
         for off in from..from + n {
-            a.fold(p, off, Some(key.as_bytes()), Some(&encode_value(1)), None)
+            a.fold(p, &plain(off, key.as_bytes(), &encode_value(1)))
                 .unwrap();
         }
     }
@@ -230,25 +239,25 @@ mod tests {
         let mut first = Applier::new(open());
         first.assign(&[2]).unwrap();
         let one = encode_value(1);
-        assert_eq!(
-            first
-                .fold(2, 0, Some(b"k"), Some(&one), Some(b"req"))
-                .unwrap(),
-            Folded::Applied
+        let fp = [5; 16];
+        let (req, other) = (
+            encode_request("req", 0, &fp),
+            encode_request("other", 0, &fp),
         );
+        let tagged = |offset, header| Record {
+            request: Some(RequestHeader::V1(header)),
+            timestamp: Some(1_000 + offset),
+            ..plain(offset, b"k", &one)
+        };
+        assert_eq!(first.fold(2, &tagged(0, &req)).unwrap(), Folded::Applied);
         first.revoke(&[2]).unwrap();
         let mut next = Applier::new(open());
         next.assign(&[2]).unwrap();
         assert_eq!(
-            next.fold(2, 1, Some(b"k"), Some(&one), Some(b"req"))
-                .unwrap(),
+            next.fold(2, &tagged(1, &req)).unwrap(),
             Folded::DuplicateKey
         );
-        assert_eq!(
-            next.fold(2, 2, Some(b"k"), Some(&one), Some(b"other"))
-                .unwrap(),
-            Folded::Applied
-        );
+        assert_eq!(next.fold(2, &tagged(2, &other)).unwrap(), Folded::Applied);
         let report = next.commit().unwrap();
         assert_eq!((report.records, report.committed), (2, vec![(2, 3)]));
         assert_eq!(next.store().key_sum("k").unwrap(), Some(2));
@@ -262,37 +271,25 @@ mod tests {
         let mut a = Applier::new(open());
         a.assign(&[0]).unwrap();
         let one = encode_value(1);
-        a.fold(0, 0, Some(b"k"), Some(&one), None).unwrap();
+        a.fold(0, &plain(0, b"k", &one)).unwrap();
         a.commit().unwrap();
         // Not positioned: a gap after the stored offset is refused.
-        assert_eq!(
-            a.fold(0, 2, Some(b"k"), Some(&one), None).unwrap(),
-            Folded::Gap
-        );
+        assert_eq!(a.fold(0, &plain(2, b"k", &one)).unwrap(), Folded::Gap);
         a.positioned(0);
-        assert_eq!(
-            a.fold(0, 2, Some(b"k"), Some(&one), None).unwrap(),
-            Folded::Applied
-        );
+        assert_eq!(a.fold(0, &plain(2, b"k", &one)).unwrap(), Folded::Applied);
         assert!(a.advance_to(0, 4), "a trailing marker at 3");
         assert_eq!(a.commit().unwrap().committed, vec![(0, 4)]);
         assert_eq!(a.store().stored_offset(0).unwrap(), Some(4));
         // Still positioned after the commit.
-        assert_eq!(
-            a.fold(0, 6, Some(b"k"), Some(&one), None).unwrap(),
-            Folded::Applied
-        );
+        assert_eq!(a.fold(0, &plain(6, b"k", &one)).unwrap(), Folded::Applied);
         // Someone else moves the partition on: fenced, and no longer positioned.
         let mut other = Applier::new(open());
         other.assign(&[0]).unwrap();
         other.positioned(0);
-        other.fold(0, 4, Some(b"k"), Some(&one), None).unwrap();
+        other.fold(0, &plain(4, b"k", &one)).unwrap();
         other.commit().unwrap();
         assert_eq!(a.commit().unwrap().fenced, vec![(0, Some(5))]);
-        assert_eq!(
-            a.fold(0, 7, Some(b"k"), Some(&one), None).unwrap(),
-            Folded::Gap
-        );
+        assert_eq!(a.fold(0, &plain(7, b"k", &one)).unwrap(), Folded::Gap);
         assert!(!a.advance_to(0, 9));
         assert_eq!(a.store().key_sum("k").unwrap(), Some(3));
     }
@@ -312,8 +309,7 @@ mod tests {
         a.discard(&[1]);
         assert_eq!(a.pending_records(), 0);
         assert_eq!(
-            a.fold(1, 6, Some(b"y"), Some(&encode_value(1)), None)
-                .unwrap(),
+            a.fold(1, &plain(6, b"y", &encode_value(1))).unwrap(),
             Folded::NotOwned
         );
         assert_eq!(a.store().key_sum("y").unwrap(), Some(3));

@@ -2,10 +2,20 @@
 //! current stored sum of a key is asked for through a closure the caller provides, once per key
 //! per batch, so that overflow can be judged record by record in log order.
 //!
-//! Idempotency: a record may carry a client's idempotency key. The first record of a partition
-//! that carries a key spends it; a later record with the same key (a client's retry, or a
-//! concurrent duplicate) is [`Folded::DuplicateKey`]: its offset is passed, its delta is not
-//! added. Whether the store already saw a key is asked through a second closure.
+//! Idempotency: a record may name the client request it came from ([`RequestHeader`]: the
+//! request's idempotency key, the record's index in the request, a fingerprint of the request's
+//! content). Per request key the partition remembers which indices it folded, the request's
+//! fingerprint, and the partition's log clock when the request was first seen
+//! ([`RequestState`]). A record whose index was already folded (a retry, whole or of the part
+//! that landed before) is [`Folded::DuplicateKey`]: its offset is passed, its delta is not
+//! added. A record whose key was first used for other content is quarantined
+//! (`idempotency_key_reused`), never dropped silently. What the store remembers is asked
+//! through a second closure.
+//!
+//! The window is measured on the log, not on a wall clock: a partition's log clock is the
+//! highest record timestamp folded so far, and a request first seen more than the window before
+//! the clock is forgotten (it counts again). So the fold stays a pure function of the log and
+//! its window: a rebuild and a verify decide every record as the live aggregator did.
 //!
 //! Gaps: on Kafka a reader is not handed every offset. Transaction markers (control records)
 //! take offsets, aborted records are dropped under `read_committed`, compaction removes records.
@@ -19,8 +29,108 @@
 //! markers is stored as caught up.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use crate::record::{decode_key, decode_value, DecodeError};
+use crate::record::{decode_key, decode_request, decode_value, DecodeError, RequestTag};
+
+/// How long a request is remembered unless a database says otherwise, in log time.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60 * 60);
+
+/// The request header a record carries, still encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestHeader<'a> {
+    /// [`crate::record::REQUEST_HEADER`]: key, index and fingerprint.
+    V1(&'a [u8]),
+    /// [`crate::record::IDEMPOTENCY_HEADER`] of records written before it: the value is the
+    /// request key of a request of one record, without a fingerprint.
+    Legacy(&'a [u8]),
+}
+
+impl<'a> RequestHeader<'a> {
+    fn tag(self) -> Result<RequestTag<'a>, DecodeError> {
+        match self {
+            RequestHeader::V1(bytes) => {
+                let r = decode_request(bytes)?;
+                // The key is borrowed from the header bytes: bincode writes it as an 8-byte
+                // length and the bytes, right after the version byte.
+                let key = &bytes[1 + 8..1 + 8 + r.key.len()];
+                if key != r.key.as_bytes() {
+                    return Err(DecodeError::RequestHeader(
+                        "key is not where v1 puts it".into(),
+                    ));
+                }
+                Ok(RequestTag {
+                    key,
+                    index: r.index,
+                    fingerprint: Some(r.fingerprint),
+                })
+            }
+            RequestHeader::Legacy(key) => Ok(RequestTag {
+                key,
+                index: 0,
+                fingerprint: None,
+            }),
+        }
+    }
+}
+
+/// One record as the fold reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// The record's timestamp in Unix milliseconds, as the log holds it.
+    pub timestamp: Option<i64>,
+    pub request: Option<RequestHeader<'a>>,
+}
+
+impl<'a> Record<'a> {
+    /// A record of `key` carrying `value`, stamped `timestamp`, with a v1 request `header`.
+    pub fn with_request(
+        offset: i64,
+        key: &'a [u8],
+        value: &'a [u8],
+        timestamp: i64,
+        header: &'a [u8],
+    ) -> Self {
+        Record {
+            offset,
+            key: Some(key),
+            value: Some(value),
+            timestamp: Some(timestamp),
+            request: Some(RequestHeader::V1(header)),
+        }
+    }
+}
+
+/// What a partition remembers of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestState {
+    /// `None` for a request of records with the old header.
+    pub fingerprint: Option<[u8; 16]>,
+    /// Bit `i` (byte `i / 8`, bit `i % 8`) is set once the request's record `i` was folded.
+    pub seen: Vec<u8>,
+    /// The partition's log clock when the request's first record here was folded.
+    pub first_seen: i64,
+}
+
+impl RequestState {
+    fn has(&self, index: u32) -> bool {
+        let i = index as usize;
+        self.seen
+            .get(i / 8)
+            .is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+
+    fn mark(&mut self, index: u32) {
+        let i = index as usize;
+        if self.seen.len() <= i / 8 {
+            self.seen.resize(i / 8 + 1, 0);
+        }
+        self.seen[i / 8] |= 1 << (i % 8);
+    }
+}
 
 /// A record that could not be applied, kept with everything needed to look at it later.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,9 +174,13 @@ pub struct PartitionBatch {
     pub rejected: Vec<Rejected>,
     /// Records applied (not rejected, not duplicates).
     pub applied: u64,
-    /// Idempotency keys spent by this batch, each with the offset of the record that spent it.
-    pub idempotency_keys: HashMap<Vec<u8>, i64>,
-    /// Records passed over because their idempotency key was already spent.
+    /// The partition's log clock after the last record folded (highest record timestamp).
+    pub clock: Option<i64>,
+    /// How long, in log milliseconds, a request is remembered.
+    pub window_ms: i64,
+    /// New state of every request this batch touched, by request key.
+    pub requests: HashMap<Vec<u8>, RequestState>,
+    /// Records passed over because their request had already folded their index.
     pub duplicate_keys: u64,
     /// Whether the reader was positioned at `next` and cannot jump: offsets it skips are not
     /// delivered on purpose (markers, aborted records) and may be passed.
@@ -83,11 +197,20 @@ impl PartitionBatch {
             sums: HashMap::new(),
             rejected: Vec::new(),
             applied: 0,
-            idempotency_keys: HashMap::new(),
+            clock: None,
+            window_ms: DEFAULT_WINDOW.as_millis() as i64,
+            requests: HashMap::new(),
             duplicate_keys: 0,
             positioned: false,
             skipped_offsets: 0,
         }
+    }
+
+    /// Continues from a stored log clock, remembering requests for `window`.
+    pub fn with_clock(mut self, clock: Option<i64>, window: Duration) -> Self {
+        self.clock = clock;
+        self.window_ms = window.as_millis().min(i64::MAX as u128) as i64;
+        self
     }
 
     /// Declares that the caller positioned its reader at the batch's next offset (offset 0 when
@@ -127,8 +250,9 @@ impl PartitionBatch {
         self.applied + self.rejected.len() as u64 + self.duplicate_keys
     }
 
-    /// Folds one record without an idempotency key. `stored_sum` returns the key's sum as
-    /// stored in the database for this partition; it is called at most once per key per batch.
+    /// Folds one record without a request header or timestamp. `stored_sum` returns the key's
+    /// sum as stored in the database for this partition; it is called at most once per key per
+    /// batch.
     pub fn fold<E>(
         &mut self,
         offset: i64,
@@ -136,56 +260,96 @@ impl PartitionBatch {
         value: Option<&[u8]>,
         stored_sum: impl FnOnce(&str) -> Result<i64, E>,
     ) -> Result<Folded, E> {
-        self.fold_keyed(offset, key, value, None, stored_sum, |_| Ok(false))
+        let record = Record {
+            offset,
+            key,
+            value,
+            ..Record::default()
+        };
+        self.fold_record(&record, stored_sum, |_| Ok(None))
     }
 
-    /// Folds one record that may carry an idempotency key. `key_seen` says whether the store
-    /// already holds the idempotency key for this partition (within its retention); it is only
-    /// asked for keys this batch has not spent itself. A record that does not decode is
-    /// quarantined and spends no key; a record that decodes spends its key whether it applies
-    /// or overflows.
-    pub fn fold_keyed<E>(
+    /// Folds one record. `stored_request` returns what the store remembers of a request key in
+    /// this partition; it is only asked for keys this batch has not touched itself. A record
+    /// that does not decode (its request header included) is quarantined and marks nothing; a
+    /// record that decodes marks its request index whether it applies or overflows.
+    pub fn fold_record<E>(
         &mut self,
-        offset: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        idempotency_key: Option<&[u8]>,
+        record: &Record<'_>,
         stored_sum: impl FnOnce(&str) -> Result<i64, E>,
-        key_seen: impl FnOnce(&[u8]) -> Result<bool, E>,
+        stored_request: impl FnOnce(&[u8]) -> Result<Option<RequestState>, E>,
     ) -> Result<Folded, E> {
+        let offset = record.offset;
         let skipped = match self.next {
             Some(next) if offset < next => return Ok(Folded::Duplicate),
             Some(next) if offset > next && !self.positioned => return Ok(Folded::Gap),
             _ if self.positioned => (offset - self.expected()).max(0) as u64,
             _ => 0,
         };
-        let decoded = decode_key(key).and_then(|k| Ok((k, decode_value(value)?.delta)));
-        let (key_str, delta) = match decoded {
-            Ok(kd) => kd,
+        // Every record moves the log clock, whatever becomes of it.
+        let clock = match (self.clock, record.timestamp) {
+            (Some(c), Some(t)) => Some(c.max(t)),
+            (c, t) => c.or(t),
+        };
+        let decoded = decode_key(record.key).and_then(|k| {
+            let delta = decode_value(record.value)?.delta;
+            let tag = record.request.map(RequestHeader::tag).transpose()?;
+            Ok((k, delta, tag))
+        });
+        let (key_str, delta, tag) = match decoded {
+            Ok(d) => d,
             Err(e) => {
-                self.next = Some(offset + 1);
-                self.skipped_offsets += skipped;
-                self.reject(offset, reason(&e), key, value);
+                self.pass(offset, skipped, clock);
+                self.reject(offset, reason(&e), record);
                 return Ok(Folded::Rejected);
             }
         };
         // The fallible steps come before any change, so an error leaves the batch as it was.
-        if let Some(ik) = idempotency_key {
-            if self.idempotency_keys.contains_key(ik) || key_seen(ik)? {
-                self.next = Some(offset + 1);
-                self.skipped_offsets += skipped;
-                self.duplicate_keys += 1;
-                return Ok(Folded::DuplicateKey);
+        let mut remembered = None;
+        if let Some(tag) = &tag {
+            let known = match self.requests.get(tag.key) {
+                Some(state) => Some(state.clone()),
+                None => stored_request(tag.key)?,
+            };
+            let window_start = clock.map(|c| c.saturating_sub(self.window_ms));
+            let live = known.filter(|s| window_start.is_none_or(|w| s.first_seen >= w));
+            match live {
+                Some(state) if reused(state.fingerprint, tag.fingerprint) => {
+                    self.pass(offset, skipped, clock);
+                    let why = format!(
+                        "idempotency_key_reused: request key {:?} was first used for a request with other content",
+                        String::from_utf8_lossy(tag.key)
+                    );
+                    self.reject(offset, why, record);
+                    return Ok(Folded::Rejected);
+                }
+                Some(state) if state.has(tag.index) => {
+                    self.pass(offset, skipped, clock);
+                    self.duplicate_keys += 1;
+                    return Ok(Folded::DuplicateKey);
+                }
+                Some(mut state) => {
+                    state.mark(tag.index);
+                    remembered = Some(state);
+                }
+                None => {
+                    let mut state = RequestState {
+                        fingerprint: tag.fingerprint,
+                        seen: Vec::new(),
+                        first_seen: clock.unwrap_or(0),
+                    };
+                    state.mark(tag.index);
+                    remembered = Some(state);
+                }
             }
         }
         let current = match self.sums.get(key_str) {
             Some(sum) => *sum,
             None => stored_sum(key_str)?,
         };
-        self.next = Some(offset + 1);
-        self.skipped_offsets += skipped;
-        if let Some(ik) = idempotency_key {
-            self.idempotency_keys.insert(ik.to_vec(), offset);
+        self.pass(offset, skipped, clock);
+        if let (Some(tag), Some(state)) = (&tag, remembered) {
+            self.requests.insert(tag.key.to_vec(), state);
         }
         match current.checked_add(delta) {
             Some(sum) => {
@@ -207,22 +371,34 @@ impl PartitionBatch {
                 self.reject(
                     offset,
                     format!("overflow: sum {current} + delta {delta} leaves the i64 range"),
-                    key,
-                    value,
+                    record,
                 );
                 Ok(Folded::Rejected)
             }
         }
     }
 
-    fn reject(&mut self, offset: i64, reason: String, key: Option<&[u8]>, value: Option<&[u8]>) {
+    /// Moves past a folded record: its offset, the offsets withheld before it, the clock.
+    fn pass(&mut self, offset: i64, skipped: u64, clock: Option<i64>) {
+        self.next = Some(offset + 1);
+        self.skipped_offsets += skipped;
+        self.clock = clock;
+    }
+
+    fn reject(&mut self, offset: i64, reason: String, record: &Record<'_>) {
         self.rejected.push(Rejected {
             offset,
             reason,
-            key: key.map(<[u8]>::to_vec),
-            value: value.map(<[u8]>::to_vec),
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
         });
     }
+}
+
+/// Whether a request key met again carries other content than the request first seen with it.
+/// Records of the old header carry no fingerprint and are never judged reused.
+fn reused(first: Option<[u8; 16]>, now: Option<[u8; 16]>) -> bool {
+    matches!((first, now), (Some(a), Some(b)) if a != b)
 }
 
 fn reason(e: &DecodeError) -> String {
@@ -232,7 +408,7 @@ fn reason(e: &DecodeError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::encode_value;
+    use crate::record::{encode_request, encode_value};
     use std::convert::Infallible;
 
     fn stored<'a>(map: &'a HashMap<&'a str, i64>) -> impl Fn(&str) -> Result<i64, Infallible> + 'a {
@@ -388,79 +564,152 @@ mod tests {
         assert_eq!(b.records(), 2);
     }
 
-    fn keyed(
-        b: &mut PartitionBatch,
-        off: i64,
-        delta: i64,
-        ik: Option<&[u8]>,
-        stored_keys: &[&[u8]],
-    ) -> Folded {
-        b.fold_keyed(
-            off,
-            Some(b"k"),
-            Some(&encode_value(delta)),
-            ik,
-            |_| Ok::<_, Infallible>(0),
-            |k| Ok(stored_keys.contains(&k)),
-        )
-        .unwrap()
+    /// A record of `request` (index `i`, content fingerprint `fp`) at `ts`, adding `delta`
+    /// to key "k", folded against an empty store.
+    fn req(b: &mut PartitionBatch, off: i64, ts: i64, request: (&str, u32, &[u8; 16])) -> Folded {
+        let header = encode_request(request.0, request.1, request.2);
+        let value = encode_value(1);
+        let record = Record::with_request(off, b"k", &value, ts, &header);
+        b.fold_record(&record, |_| Ok::<_, Infallible>(0), |_| Ok(None))
+            .unwrap()
     }
 
+    const FP: [u8; 16] = [7; 16];
+
     #[test]
-    fn a_spent_idempotency_key_passes_the_offset_but_not_the_sum() {
+    fn a_retried_request_counts_each_record_once_even_when_part_of_it_landed_before() {
         let mut b = PartitionBatch::new(Some(0));
-        assert_eq!(keyed(&mut b, 0, 5, Some(b"req-1"), &[]), Folded::Applied);
-        // Same key later in the batch (a retry, or a concurrent duplicate): passed over.
-        assert_eq!(
-            keyed(&mut b, 1, 5, Some(b"req-1"), &[]),
-            Folded::DuplicateKey
-        );
-        // A different key counts separately; no key always counts.
-        assert_eq!(keyed(&mut b, 2, 7, Some(b"req-2"), &[]), Folded::Applied);
-        assert_eq!(keyed(&mut b, 3, 1, None, &[]), Folded::Applied);
-        assert_eq!(keyed(&mut b, 4, 1, None, &[]), Folded::Applied);
-        // A key the store already holds (spent by an earlier, committed batch).
-        assert_eq!(
-            keyed(&mut b, 5, 100, Some(b"old"), &[b"old"]),
-            Folded::DuplicateKey
-        );
-        assert_eq!(b.sums["k"], 14);
-        assert_eq!(b.next, Some(6));
+        // A batch whose records 0 and 3 landed in this partition before the request failed.
+        assert_eq!(req(&mut b, 0, 1_000, ("r", 0, &FP)), Folded::Applied);
+        assert_eq!(req(&mut b, 1, 1_000, ("r", 3, &FP)), Folded::Applied);
+        // The retry appends 0, 3 and 5 again: only 5 is new.
+        assert_eq!(req(&mut b, 2, 2_000, ("r", 0, &FP)), Folded::DuplicateKey);
+        assert_eq!(req(&mut b, 3, 2_000, ("r", 3, &FP)), Folded::DuplicateKey);
+        assert_eq!(req(&mut b, 4, 2_000, ("r", 5, &FP)), Folded::Applied);
+        // A gap left by a failed attempt (3 landed, 1 did not): the retry fills it.
+        assert_eq!(req(&mut b, 5, 2_000, ("r", 1, &FP)), Folded::Applied);
+        assert_eq!(b.sums["k"], 4);
         assert_eq!((b.applied, b.duplicate_keys, b.records()), (4, 2, 6));
-        assert_eq!(
-            b.idempotency_keys,
-            HashMap::from([(b"req-1".to_vec(), 0), (b"req-2".to_vec(), 2)])
-        );
-        // A redelivered offset is a plain duplicate, whatever its key.
-        assert_eq!(keyed(&mut b, 1, 5, Some(b"new"), &[]), Folded::Duplicate);
+        let state = &b.requests[&b"r".to_vec()];
+        assert_eq!(state.seen, vec![0b0010_1011]);
+        assert_eq!(state.first_seen, 1_000);
+        assert_eq!(b.clock, Some(2_000));
+        // A redelivered offset is a plain duplicate, whatever its request.
+        assert_eq!(req(&mut b, 1, 2_000, ("new", 0, &FP)), Folded::Duplicate);
     }
 
     #[test]
-    fn undecodable_records_do_not_spend_their_key_and_errors_change_nothing() {
+    fn a_key_reused_for_other_content_is_quarantined_not_dropped() {
         let mut b = PartitionBatch::new(Some(0));
-        let r = b.fold_keyed(
-            0,
-            Some(b"k"),
-            Some(b"junk"),
-            Some(b"ik"),
-            |_| Ok::<_, Infallible>(0),
-            |_| Ok(false),
-        );
-        assert_eq!(r, Ok(Folded::Rejected));
-        assert!(b.idempotency_keys.is_empty());
-        assert_eq!(keyed(&mut b, 1, 3, Some(b"ik"), &[]), Folded::Applied);
+        assert_eq!(req(&mut b, 0, 1_000, ("r", 0, &FP)), Folded::Applied);
+        assert_eq!(req(&mut b, 1, 1_000, ("r", 0, &[8; 16])), Folded::Rejected);
+        assert_eq!(b.sums["k"], 1);
+        assert!(b.rejected[0].reason.starts_with("idempotency_key_reused"));
+        assert_eq!(b.rejected[0].offset, 1);
+        // The first request's state is untouched: its own retry is still recognised.
+        assert_eq!(req(&mut b, 2, 1_000, ("r", 0, &FP)), Folded::DuplicateKey);
+    }
 
-        let r = b.fold_keyed(
-            2,
-            Some(b"k"),
-            Some(&encode_value(1)),
-            Some(b"other"),
-            |_| Ok(0),
-            |_| Err("disk"),
+    #[test]
+    fn the_window_is_log_time_and_its_edge_is_inclusive() {
+        let mut b = PartitionBatch::new(Some(0)).with_clock(None, Duration::from_millis(100));
+        assert_eq!(req(&mut b, 0, 1_000, ("r", 0, &FP)), Folded::Applied);
+        // Another request moves the clock to the window's edge: r is still remembered.
+        assert_eq!(req(&mut b, 1, 1_100, ("x", 0, &FP)), Folded::Applied);
+        assert_eq!(req(&mut b, 2, 1_050, ("r", 0, &FP)), Folded::DuplicateKey);
+        // A record stamped earlier than the clock (another producer's clock) does not move it.
+        assert_eq!(b.clock, Some(1_100));
+        // One millisecond past the edge r is forgotten, counts again and is remembered anew.
+        assert_eq!(req(&mut b, 3, 1_101, ("r", 0, &FP)), Folded::Applied);
+        assert_eq!(b.requests[&b"r".to_vec()].first_seen, 1_101);
+        assert_eq!(req(&mut b, 4, 1_101, ("r", 0, &FP)), Folded::DuplicateKey);
+        // Past the window, a key may also be used for other content.
+        assert_eq!(req(&mut b, 5, 1_300, ("x", 0, &[1; 16])), Folded::Applied);
+        assert_eq!(b.sums["k"], 4);
+    }
+
+    #[test]
+    fn the_store_is_asked_for_requests_the_batch_has_not_seen() {
+        let stored = RequestState {
+            fingerprint: Some(FP),
+            seen: vec![0b1],
+            first_seen: 900,
+        };
+        let header = encode_request("r", 0, &FP);
+        let value = encode_value(1);
+        let record = Record::with_request(0, b"k", &value, 1_000, &header);
+        let mut asked = 0;
+        let mut b = PartitionBatch::new(Some(0)).with_clock(Some(950), DEFAULT_WINDOW);
+        let f = b.fold_record(
+            &record,
+            |_| Ok::<_, Infallible>(0),
+            |k| {
+                asked += 1;
+                assert_eq!(k, b"r");
+                Ok(Some(stored.clone()))
+            },
         );
+        assert_eq!((f, asked), (Ok(Folded::DuplicateKey), 1));
+        assert!(
+            b.requests.is_empty(),
+            "a duplicate changes no request state"
+        );
+        assert_eq!((b.next, b.clock), (Some(1), Some(1_000)));
+    }
+
+    #[test]
+    fn old_header_records_are_requests_of_one_record_and_bad_headers_are_quarantined() {
+        let value = encode_value(5);
+        let mut b = PartitionBatch::new(Some(0));
+        let fold = |b: &mut PartitionBatch, off, request| {
+            let record = Record {
+                offset: off,
+                key: Some(b"k"),
+                value: Some(&value),
+                timestamp: Some(1),
+                request,
+            };
+            b.fold_record(&record, |_| Ok::<_, Infallible>(0), |_| Ok(None))
+                .unwrap()
+        };
+        let legacy = Some(RequestHeader::Legacy(b"old#3"));
+        assert_eq!(fold(&mut b, 0, legacy), Folded::Applied);
+        assert_eq!(fold(&mut b, 1, legacy), Folded::DuplicateKey);
+        assert_eq!(b.requests[&b"old#3".to_vec()].fingerprint, None);
+        let junk = Some(RequestHeader::V1(b"\x09junk"));
+        assert_eq!(fold(&mut b, 2, junk), Folded::Rejected);
+        assert!(b.rejected[0].reason.starts_with("bad_request_header"));
+        assert_eq!((b.sums["k"], b.next), (5, Some(3)));
+    }
+
+    #[test]
+    fn undecodable_records_mark_nothing_and_errors_change_nothing() {
+        let mut b = PartitionBatch::new(Some(0));
+        let header = encode_request("r", 0, &FP);
+        let junk = Record {
+            offset: 0,
+            key: Some(b"k"),
+            value: Some(b"junk"),
+            timestamp: Some(5),
+            request: Some(RequestHeader::V1(&header)),
+        };
+        let r = b.fold_record(&junk, |_| Ok::<_, Infallible>(0), |_| Ok(None));
+        assert_eq!(r, Ok(Folded::Rejected));
+        assert!(b.requests.is_empty());
+        assert_eq!(
+            b.clock,
+            Some(5),
+            "a quarantined record still moves the clock"
+        );
+        assert_eq!(req(&mut b, 1, 6, ("r", 0, &FP)), Folded::Applied);
+
+        let value = encode_value(1);
+        let other = encode_request("other", 0, &FP);
+        let record = Record::with_request(2, b"k", &value, 50, &other);
+        let r = b.fold_record(&record, |_| Ok(0), |_| Err("disk"));
         assert_eq!(r, Err("disk"));
         assert_eq!(b.next, Some(2), "a failed fold must not advance the offset");
-        assert_eq!(b.sums["k"], 3);
+        assert_eq!((b.sums["k"], b.clock), (1, Some(6)));
     }
 
     #[test]

@@ -184,13 +184,25 @@ pub const MEMBER_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 /// that is longer, as librdkafka requires.
 pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The value of a record's idempotency header ([`crate::record::IDEMPOTENCY_HEADER`]), if any.
-pub fn idempotency_key<M: rdkafka::message::Message>(m: &M) -> Option<&[u8]> {
+/// A consumed message as the fold reads it: offset, key, value, timestamp, and its request
+/// header ([`crate::record::REQUEST_HEADER`], or the older [`crate::record::IDEMPOTENCY_HEADER`]).
+pub fn record_of<M: rdkafka::message::Message>(m: &M) -> crate::fold::Record<'_> {
+    use crate::fold::RequestHeader;
     use rdkafka::message::Headers as _;
-    m.headers()?
-        .iter()
-        .find(|h| h.key == crate::record::IDEMPOTENCY_HEADER)?
-        .value
+    let request = m.headers().and_then(|hs| {
+        hs.iter().find_map(|h| match (h.key, h.value) {
+            (crate::record::REQUEST_HEADER, Some(v)) => Some(RequestHeader::V1(v)),
+            (crate::record::IDEMPOTENCY_HEADER, Some(v)) => Some(RequestHeader::Legacy(v)),
+            _ => None,
+        })
+    });
+    crate::fold::Record {
+        offset: m.offset(),
+        key: m.key(),
+        value: m.payload(),
+        timestamp: m.timestamp().to_millis(),
+        request,
+    }
 }
 
 /// Ids of the topic's partitions, from broker metadata.

@@ -11,13 +11,42 @@ use serde::{Deserialize, Serialize};
 pub const RECORD_V1: u8 = 1;
 /// Longest key ingest accepts, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
-/// Kafka header that carries a client's idempotency key.
+/// Kafka header of records written before [`REQUEST_HEADER`]: a client's idempotency key as
+/// is (`K` for a single increment, `K#i` for record `i` of a batch). Still read, never written.
 pub const IDEMPOTENCY_HEADER: &str = "tally-idempotency-key";
+/// Kafka header that ties a record to the client request it came from: one version byte, then
+/// the bincode encoding of [`RequestV1`]. Written on every record of a request that carries an
+/// idempotency key.
+pub const REQUEST_HEADER: &str = "tally-request";
+/// The version byte of the only request header format so far.
+pub const REQUEST_V1: u8 = 1;
+/// Most records one request may hold: a record index at or beyond it is refused, which bounds
+/// what the fold remembers per request (one bit per index).
+pub const MAX_REQUEST_RECORDS: u32 = 1_000_000;
 
 /// Body of a version-1 record: the signed increment for the record's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IncrementV1 {
     pub delta: i64,
+}
+
+/// Body of a version-1 request header: the client's idempotency key, the record's index in its
+/// request (0 for a single increment), and a fingerprint of the request's whole content
+/// ([`request_fingerprint`]), so that a key reused for another request is told from a retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestV1 {
+    pub key: String,
+    pub index: u32,
+    pub fingerprint: [u8; 16],
+}
+
+/// The request a record belongs to, as the fold sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestTag<'a> {
+    pub key: &'a [u8],
+    pub index: u32,
+    /// `None` for records with the old header, which carried no fingerprint.
+    pub fingerprint: Option<[u8; 16]>,
 }
 
 /// Why a record's bytes could not be turned into an increment.
@@ -35,6 +64,8 @@ pub enum DecodeError {
     UnknownVersion(u8),
     #[error("record body does not decode: {0}")]
     Body(String),
+    #[error("request header does not decode: {0}")]
+    RequestHeader(String),
 }
 
 impl DecodeError {
@@ -47,6 +78,7 @@ impl DecodeError {
             DecodeError::MissingValue => "missing_value",
             DecodeError::UnknownVersion(_) => "unknown_version",
             DecodeError::Body(_) => "undecodable_body",
+            DecodeError::RequestHeader(_) => "bad_request_header",
         }
     }
 }
@@ -81,6 +113,62 @@ pub fn decode_value(value: Option<&[u8]>) -> Result<IncrementV1, DecodeError> {
     options()
         .deserialize::<IncrementV1>(body)
         .map_err(|e| DecodeError::Body(e.to_string()))
+}
+
+/// Encodes a request header value (version byte + bincode body).
+pub fn encode_request(key: &str, index: u32, fingerprint: &[u8; 16]) -> Vec<u8> {
+    let body = RequestV1 {
+        key: key.to_owned(),
+        index,
+        fingerprint: *fingerprint,
+    };
+    let mut out = Vec::with_capacity(1 + 8 + key.len() + 4 + 16);
+    out.push(REQUEST_V1);
+    options()
+        .serialize_into(&mut out, &body)
+        .expect("serializing into a Vec cannot fail");
+    out
+}
+
+/// Decodes a request header value; an unknown version, trailing bytes or an index at or past
+/// [`MAX_REQUEST_RECORDS`] is an error.
+pub fn decode_request(value: &[u8]) -> Result<RequestV1, DecodeError> {
+    let (&version, body) = value
+        .split_first()
+        .ok_or_else(|| DecodeError::RequestHeader("empty".into()))?;
+    if version != REQUEST_V1 {
+        return Err(DecodeError::RequestHeader(format!(
+            "unknown version {version}"
+        )));
+    }
+    let r: RequestV1 = options()
+        .with_limit(1 + 8 + 1024 + 4 + 16)
+        .deserialize(body)
+        .map_err(|e| DecodeError::RequestHeader(e.to_string()))?;
+    if r.index >= MAX_REQUEST_RECORDS {
+        return Err(DecodeError::RequestHeader(format!(
+            "record index {} is not below {MAX_REQUEST_RECORDS}",
+            r.index
+        )));
+    }
+    Ok(r)
+}
+
+/// The fingerprint of a request's content: the first 16 bytes of the SHA-1 of every
+/// increment's key and value in request order, lengths included so that no two contents
+/// share an encoding. A retry sends the same content, so it has the same fingerprint.
+pub fn request_fingerprint<'a>(incs: impl IntoIterator<Item = (&'a str, i64)>) -> [u8; 16] {
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    for (key, value) in incs {
+        h.update((key.len() as u64).to_le_bytes());
+        h.update(key.as_bytes());
+        h.update(value.to_le_bytes());
+    }
+    let digest = h.finalize();
+    let mut out = [0; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
 }
 
 /// Validates a record key as Tally's key rules say (non-empty UTF-8, at most 256 bytes).
@@ -134,6 +222,46 @@ mod tests {
             decode_value(Some(b"hello world")),
             Err(DecodeError::UnknownVersion(b'h'))
         ));
+    }
+
+    #[test]
+    fn request_headers_round_trip_and_refuse_garbage() {
+        let fp = request_fingerprint([("a", 1), ("b", -2)]);
+        let bytes = encode_request("req-1", 7, &fp);
+        assert_eq!(bytes[0], REQUEST_V1);
+        let r = decode_request(&bytes).unwrap();
+        assert_eq!((r.key.as_str(), r.index, r.fingerprint), ("req-1", 7, fp));
+        assert!(matches!(
+            decode_request(&[]),
+            Err(DecodeError::RequestHeader(_))
+        ));
+        let mut v2 = bytes.clone();
+        v2[0] = 2;
+        assert!(decode_request(&v2).is_err());
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(decode_request(&long).is_err(), "trailing bytes");
+        assert!(decode_request(&bytes[..bytes.len() - 1]).is_err(), "short");
+        let huge = encode_request("r", MAX_REQUEST_RECORDS, &fp);
+        assert!(decode_request(&huge).is_err(), "index past the bound");
+        assert_eq!(
+            DecodeError::RequestHeader(String::new()).code(),
+            "bad_request_header"
+        );
+    }
+
+    #[test]
+    fn fingerprints_tell_contents_apart() {
+        let one = request_fingerprint([("a", 1)]);
+        assert_eq!(one, request_fingerprint([("a", 1)]), "a retry matches");
+        assert_ne!(one, request_fingerprint([("a", 2)]), "another value");
+        assert_ne!(one, request_fingerprint([("b", 1)]), "another counter key");
+        assert_ne!(one, request_fingerprint([("a", 1), ("a", 1)]));
+        // Lengths are part of the encoding: ("ab", _) is not ("a", _) followed by "b".
+        assert_ne!(
+            request_fingerprint([("ab", 1)]),
+            request_fingerprint([("a", 1)])
+        );
     }
 
     #[test]

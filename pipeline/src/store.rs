@@ -5,51 +5,31 @@
 //! Opening sets WAL mode and `synchronous=FULL` (a committed batch survives power loss), and a
 //! busy timeout so that several aggregator processes can share one file.
 //!
-//! Idempotency keys spent by applied records are stored per partition in the same transaction
-//! as the sums (`idempotency_keys`), and kept for a bounded time and row count
-//! ([`IdempotencyRetention`]); a key older than the retention no longer counts as seen.
+//! What each partition remembers of client requests (`requests`, see [`crate::fold`]) is
+//! written in the same transaction as the sums, and each partition's log clock moves with its
+//! offset. The idempotency window is bound to the database ([`Store::bind_idempotency_window`])
+//! so that no process folds it with another window. Requests past the window are pruned after
+//! each commit in short transactions of their own ([`PRUNE_CHUNK`] rows each), so the write
+//! lock every aggregator shares is never held long; a dead request left unpruned is ignored
+//! by the fold all the same.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use crate::fold::PartitionBatch;
+use crate::fold::{PartitionBatch, RequestState, DEFAULT_WINDOW};
 
 /// Migrations, in order; the schema version is the number applied (`PRAGMA user_version`).
 const MIGRATIONS: &[&str] = &[
     include_str!("store/001_initial.sql"),
     include_str!("store/002_idempotency.sql"),
+    include_str!("store/003_requests.sql"),
 ];
 
-/// How often `apply` prunes old idempotency keys (pruning is also callable directly).
-const PRUNE_EVERY: Duration = Duration::from_secs(10);
-
-/// How long, and how many, spent idempotency keys are remembered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdempotencyRetention {
-    /// A key spent longer ago than this no longer counts as seen, and is pruned.
-    pub max_age: Duration,
-    /// At most this many keys are kept; the oldest beyond it are pruned.
-    pub max_keys: u64,
-}
-
-impl Default for IdempotencyRetention {
-    fn default() -> Self {
-        IdempotencyRetention {
-            max_age: Duration::from_secs(24 * 60 * 60),
-            max_keys: 1_000_000,
-        }
-    }
-}
-
-/// Milliseconds since the Unix epoch, the clock of `idempotency_keys.seen_at`.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+/// Most dead requests one prune transaction deletes.
+pub const PRUNE_CHUNK: usize = 500;
 
 /// How long a writer waits for another process's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,6 +46,8 @@ pub enum StoreError {
     Exists(String),
     #[error("database {0} does not exist")]
     Missing(String),
+    #[error("database remembers requests for {stored} s, not {wanted} s: pass --idempotency-window-secs {stored}, or rebuild into a new database to change the window")]
+    WindowMismatch { stored: u64, wanted: u64 },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -119,8 +101,7 @@ pub enum OpenMode {
 pub struct Store {
     conn: Connection,
     topic: String,
-    retention: IdempotencyRetention,
-    last_prune: Option<Instant>,
+    window: Duration,
 }
 
 impl Store {
@@ -158,8 +139,7 @@ impl Store {
         Ok(Store {
             conn,
             topic: topic.to_owned(),
-            retention: IdempotencyRetention::default(),
-            last_prune: None,
+            window: DEFAULT_WINDOW,
         })
     }
 
@@ -192,62 +172,134 @@ impl Store {
         Ok(stored)
     }
 
-    /// Sets how long and how many spent idempotency keys are remembered.
-    pub fn set_idempotency_retention(&mut self, retention: IdempotencyRetention) {
-        self.retention = retention;
-    }
-
-    /// True when a record of `partition` spent `key` within the retention window.
-    pub fn idempotency_key_seen(&self, partition: i32, key: &[u8]) -> Result<bool> {
-        let oldest = now_ms() - self.retention.max_age.as_millis() as i64;
-        Ok(self
+    /// The idempotency window stored in the database, if one was bound.
+    pub fn stored_idempotency_window(&self) -> Result<Option<Duration>> {
+        let secs: Option<String> = self
             .conn
-            .prepare_cached(
-                "SELECT 1 FROM idempotency_keys
-                 WHERE topic = ?1 AND partition = ?2 AND key = ?3 AND seen_at >= ?4",
-            )?
-            .query_row(params![self.topic, partition, key, oldest], |_| Ok(()))
-            .optional()?
-            .is_some())
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'idempotency_window_secs'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(secs
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Duration::from_secs))
     }
 
-    /// Deletes idempotency keys older than the retention window as of `now` (Unix ms), then the
-    /// oldest keys beyond the row cap. Returns the rows deleted.
-    pub fn prune_idempotency_keys(&mut self, now: i64) -> Result<usize> {
-        let oldest = now - self.retention.max_age.as_millis() as i64;
+    /// Binds the database to an idempotency window and folds with it from now on: the stored
+    /// one when there is one (`wanted`, when given, must equal it), else `wanted` or the
+    /// default, which is then stored. Returns the window in force.
+    pub fn bind_idempotency_window(&mut self, wanted: Option<Duration>) -> Result<Duration> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut deleted = tx.execute(
-            "DELETE FROM idempotency_keys WHERE topic = ?1 AND seen_at < ?2",
-            params![self.topic, oldest],
+        let first = wanted.unwrap_or(DEFAULT_WINDOW).as_secs().to_string();
+        tx.execute(
+            "INSERT INTO meta (name, value) VALUES ('idempotency_window_secs', ?1)
+             ON CONFLICT (name) DO NOTHING",
+            [&first],
         )?;
-        let count: i64 = tx.query_row(
-            "SELECT count(*) FROM idempotency_keys WHERE topic = ?1",
-            [&self.topic],
+        let stored: String = tx.query_row(
+            "SELECT value FROM meta WHERE name = 'idempotency_window_secs'",
+            [],
             |r| r.get(0),
         )?;
-        let excess = count - self.retention.max_keys.min(i64::MAX as u64) as i64;
-        if excess > 0 {
-            deleted += tx.execute(
-                "DELETE FROM idempotency_keys WHERE (topic, partition, key) IN (
-                     SELECT topic, partition, key FROM idempotency_keys WHERE topic = ?1
-                     ORDER BY seen_at, partition, \"offset\" LIMIT ?2)",
-                params![self.topic, excess],
-            )?;
-        }
         tx.commit()?;
-        self.last_prune = Some(Instant::now());
+        let stored = stored.parse::<u64>().unwrap_or(0);
+        if let Some(w) = wanted.filter(|w| w.as_secs() != stored) {
+            return Err(StoreError::WindowMismatch {
+                stored,
+                wanted: w.as_secs(),
+            });
+        }
+        self.window = Duration::from_secs(stored);
+        Ok(self.window)
+    }
+
+    /// The idempotency window this store folds with.
+    pub fn idempotency_window(&self) -> Duration {
+        self.window
+    }
+
+    /// What the partition remembers of a request key, dead or alive.
+    pub fn stored_request(&self, partition: i32, key: &[u8]) -> Result<Option<RequestState>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT fingerprint, seen, first_seen FROM requests
+                 WHERE partition = ?1 AND key = ?2",
+            )?
+            .query_row(params![partition, key], |r| {
+                let fingerprint: Option<Vec<u8>> = r.get(0)?;
+                Ok(RequestState {
+                    fingerprint: fingerprint.and_then(|f| f.try_into().ok()),
+                    seen: r.get(1)?,
+                    first_seen: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// A partition's stored log clock (highest record timestamp folded).
+    pub fn stored_clock(&self, partition: i32) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT log_clock FROM offsets WHERE topic = ?1 AND partition = ?2")?
+            .query_row(params![self.topic, partition], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    /// Deletes up to `max_rows` of a partition's requests first seen more than the window
+    /// before its stored log clock, [`PRUNE_CHUNK`] rows per transaction, oldest first.
+    /// Returns the rows deleted.
+    pub fn prune_requests(&mut self, partition: i32, max_rows: usize) -> Result<usize> {
+        let window = self.window.as_millis().min(i64::MAX as u128) as i64;
+        // A read first: most commits find nothing due and then take no write lock for it.
+        let due = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM requests WHERE partition = ?1 AND first_seen < (
+                     SELECT log_clock - ?3 FROM offsets WHERE topic = ?2 AND partition = ?1)
+                 LIMIT 1",
+            )?
+            .query_row(params![partition, self.topic, window], |_| Ok(()))
+            .optional()?
+            .is_some();
+        let mut deleted = 0;
+        while due && deleted < max_rows {
+            let chunk = PRUNE_CHUNK.min(max_rows - deleted);
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // The clock is read inside the transaction: a request dead by it stays dead, since
+            // a clock only moves forward, so even a fenced zombie may prune.
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM requests WHERE (partition, key) IN (
+                         SELECT partition, key FROM requests
+                         WHERE partition = ?1 AND first_seen < (
+                             SELECT log_clock - ?3 FROM offsets
+                             WHERE topic = ?2 AND partition = ?1)
+                         ORDER BY first_seen LIMIT ?4)",
+                )?
+                .execute(params![partition, self.topic, window, chunk as i64])?;
+            tx.commit()?;
+            deleted += n;
+            if n < chunk {
+                break;
+            }
+        }
         Ok(deleted)
     }
 
-    /// Spent idempotency keys stored, over all partitions.
-    pub fn idempotency_key_count(&self) -> Result<u64> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FROM idempotency_keys WHERE topic = ?1",
-            [&self.topic],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+    /// Requests remembered, over all partitions, dead ones not yet pruned included.
+    pub fn request_count(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM requests", [], |r| r.get::<_, i64>(0))?
+            as u64)
     }
 
     pub fn topic(&self) -> &str {
@@ -415,8 +467,10 @@ impl Store {
     /// Applies pending batches in one transaction. For each partition the stored next offset
     /// must still equal the batch's `start` (compare-and-set); a partition where it does not is
     /// fenced and none of its rows are written, while the other partitions commit.
-    /// Empty batches are skipped. Idempotency keys the batches spent are stored with their
-    /// partition's rows; every [`PRUNE_EVERY`] old keys are pruned after the commit.
+    /// Empty batches are skipped. The requests a batch touched and its log clock are stored with
+    /// its partition's rows. After the commit each committed partition's dead requests are
+    /// pruned, at most twice as many as the batches touched (at least [`PRUNE_CHUNK`]), so
+    /// pruning keeps up with a steady load without one long transaction.
     pub fn apply<'a>(
         &mut self,
         batches: impl IntoIterator<Item = (i32, &'a PartitionBatch)>,
@@ -425,14 +479,15 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = Applied::default();
-        let now = now_ms();
+        let mut touched = 0;
         {
             let mut cas_update = tx.prepare_cached(
-                "UPDATE offsets SET next_offset = ?1
+                "UPDATE offsets SET next_offset = ?1, log_clock = ?5
                  WHERE topic = ?2 AND partition = ?3 AND next_offset = ?4",
             )?;
             let mut cas_insert = tx.prepare_cached(
-                "INSERT INTO offsets (topic, partition, next_offset) VALUES (?2, ?3, ?1)
+                "INSERT INTO offsets (topic, partition, next_offset, log_clock)
+                 VALUES (?2, ?3, ?1, ?4)
                  ON CONFLICT (topic, partition) DO NOTHING",
             )?;
             let mut stored = tx.prepare_cached(
@@ -447,21 +502,27 @@ impl Store {
                  (topic, partition, \"offset\", reason, key, value)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            let mut spend = tx.prepare_cached(
-                "INSERT INTO idempotency_keys (topic, partition, key, \"offset\", seen_at)
+            let mut remember = tx.prepare_cached(
+                "INSERT INTO requests (partition, key, fingerprint, seen, first_seen)
                  VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (topic, partition, key)
-                 DO UPDATE SET \"offset\" = excluded.\"offset\", seen_at = excluded.seen_at",
+                 ON CONFLICT (partition, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                     seen = excluded.seen, first_seen = excluded.first_seen",
             )?;
             for (partition, batch) in batches {
                 let Some(next) = batch.next.filter(|_| !batch.is_empty()) else {
                     continue;
                 };
                 let swapped = match batch.start {
-                    Some(start) => {
-                        cas_update.execute(params![next, self.topic, partition, start])?
+                    Some(start) => cas_update.execute(params![
+                        next,
+                        self.topic,
+                        partition,
+                        start,
+                        batch.clock
+                    ])?,
+                    None => {
+                        cas_insert.execute(params![next, self.topic, partition, batch.clock])?
                     }
-                    None => cas_insert.execute(params![next, self.topic, partition])?,
                 };
                 if swapped != 1 {
                     out.fenced.push(Fenced {
@@ -481,16 +542,25 @@ impl Store {
                         self.topic, partition, r.offset, r.reason, r.key, r.value
                     ])?;
                 }
-                // A key stored but expired may be spent again: the upsert renews it.
-                for (key, offset) in &batch.idempotency_keys {
-                    spend.execute(params![self.topic, partition, key, offset, now])?;
+                // A request stored but dead may be met again: the upsert starts it anew.
+                for (key, state) in &batch.requests {
+                    let fingerprint = state.fingerprint.as_ref().map(<[u8; 16]>::as_slice);
+                    remember.execute(params![
+                        partition,
+                        key,
+                        fingerprint,
+                        state.seen,
+                        state.first_seen
+                    ])?;
                 }
+                touched += batch.requests.len();
                 out.committed.push((partition, next));
             }
         }
         tx.commit()?;
-        if !matches!(self.last_prune, Some(t) if t.elapsed() < PRUNE_EVERY) {
-            self.prune_idempotency_keys(now)?;
+        let budget = (2 * touched).max(PRUNE_CHUNK) / out.committed.len().max(1);
+        for &(partition, _) in &out.committed {
+            self.prune_requests(partition, budget.max(PRUNE_CHUNK))?;
         }
         Ok(out)
     }
@@ -538,7 +608,8 @@ fn bind_topic(conn: &mut Connection, topic: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::encode_value;
+    use crate::fold::Record;
+    use crate::record::{encode_request, encode_value};
 
     fn batch(
         store: &Store,
@@ -631,21 +702,25 @@ mod tests {
         assert_eq!(s.key_sum("k").unwrap(), Some(4));
     }
 
-    fn keyed_batch(
+    /// Folds records of request key `rk` (each: offset, record index, timestamp) into a batch of
+    /// partition 0 as the applier does, asking the store what it remembers.
+    fn request_batch(
         store: &Store,
-        partition: i32,
         start: Option<i64>,
-        recs: &[(i64, i64, &str)],
+        rk: &str,
+        recs: &[(i64, u32, i64)],
     ) -> PartitionBatch {
-        let mut b = PartitionBatch::new(start);
-        for &(off, delta, ik) in recs {
-            b.fold_keyed(
-                off,
-                Some(b"k"),
-                Some(&encode_value(delta)),
-                Some(ik.as_bytes()),
-                |k| store.partition_sum(partition, k),
-                |ik| store.idempotency_key_seen(partition, ik),
+        let fp = [3; 16];
+        let mut b = PartitionBatch::new(start)
+            .with_clock(store.stored_clock(0).unwrap(), store.idempotency_window());
+        for &(off, index, ts) in recs {
+            let header = encode_request(rk, index, &fp);
+            let value = encode_value(1);
+            let record = Record::with_request(off, b"k", &value, ts, &header);
+            b.fold_record(
+                &record,
+                |k| store.partition_sum(0, k),
+                |rk| store.stored_request(0, rk),
             )
             .unwrap();
         }
@@ -666,77 +741,130 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_keys_are_spent_with_the_sums_and_survive_commits() {
+    fn requests_and_the_log_clock_commit_with_the_sums() {
         let mut s = Store::in_memory("t").unwrap();
-        let b = keyed_batch(&s, 0, None, &[(0, 5, "a"), (1, 5, "a"), (2, 7, "b")]);
+        let b = request_batch(&s, None, "a", &[(0, 0, 10), (1, 2, 12)]);
         s.apply([(0, &b)]).unwrap();
-        assert_eq!(s.key_sum("k").unwrap(), Some(12));
-        assert!(s.idempotency_key_seen(0, b"a").unwrap());
-        assert!(
-            !s.idempotency_key_seen(1, b"a").unwrap(),
-            "keys are per partition"
+        assert_eq!(s.stored_clock(0).unwrap(), Some(12));
+        let a = s.stored_request(0, b"a").unwrap().unwrap();
+        assert_eq!((a.seen, a.first_seen), (vec![0b101], 10));
+        assert_eq!(s.stored_request(1, b"a").unwrap(), None, "per partition");
+        // The retry, in a later batch after the first committed: only index 1 is new.
+        let b = request_batch(&s, Some(2), "a", &[(2, 0, 20), (3, 1, 20), (4, 2, 20)]);
+        assert_eq!((b.applied, b.duplicate_keys), (1, 2));
+        s.apply([(0, &b)]).unwrap();
+        assert_eq!(s.key_sum("k").unwrap(), Some(3));
+        assert_eq!(
+            s.stored_request(0, b"a").unwrap().unwrap().seen,
+            vec![0b111]
         );
-        // A retry in a later batch, after the first was committed: passed over.
-        let b = keyed_batch(&s, 0, Some(3), &[(3, 5, "a"), (4, 1, "c")]);
-        assert_eq!(b.duplicate_keys, 1);
-        s.apply([(0, &b)]).unwrap();
-        assert_eq!(s.key_sum("k").unwrap(), Some(13));
-        assert_eq!(s.stored_offset(0).unwrap(), Some(5));
-        assert_eq!(s.idempotency_key_count().unwrap(), 3);
+        assert_eq!(
+            (s.stored_clock(0).unwrap(), s.request_count().unwrap()),
+            (Some(20), 1)
+        );
     }
 
     #[test]
-    fn a_fenced_batch_spends_no_keys() {
+    fn a_fenced_batch_remembers_nothing() {
         let mut s = Store::in_memory("t").unwrap();
-        let winner = keyed_batch(&s, 0, None, &[(0, 1, "w")]);
-        let zombie = keyed_batch(&s, 0, None, &[(0, 1, "w"), (1, 1, "z")]);
+        let winner = request_batch(&s, None, "w", &[(0, 0, 5)]);
+        let zombie = request_batch(&s, None, "z", &[(0, 0, 9)]);
         s.apply([(0, &winner)]).unwrap();
         assert_eq!(s.apply([(0, &zombie)]).unwrap().fenced.len(), 1);
-        assert!(!s.idempotency_key_seen(0, b"z").unwrap());
-        assert_eq!(s.idempotency_key_count().unwrap(), 1);
+        assert_eq!(s.stored_request(0, b"z").unwrap(), None);
+        assert_eq!(
+            (s.stored_clock(0).unwrap(), s.request_count().unwrap()),
+            (Some(5), 1)
+        );
     }
 
     #[test]
-    fn old_keys_expire_and_the_row_count_is_bounded() {
+    fn pruning_deletes_only_requests_past_the_window_in_chunks() {
         let mut s = Store::in_memory("t").unwrap();
-        s.set_idempotency_retention(IdempotencyRetention {
-            max_age: Duration::from_secs(60),
-            max_keys: 3,
-        });
-        let b = keyed_batch(&s, 0, None, &[(0, 1, "a"), (1, 1, "b")]);
-        s.apply([(0, &b)]).unwrap();
-        // Age the two keys past the window: they no longer count, and pruning removes them.
-        s.connection()
-            .execute("UPDATE idempotency_keys SET seen_at = seen_at - 61000", [])
+        s.bind_idempotency_window(Some(Duration::from_secs(1)))
             .unwrap();
-        assert!(!s.idempotency_key_seen(0, b"a").unwrap());
-        let b = keyed_batch(&s, 0, Some(2), &[(2, 1, "a")]);
-        assert_eq!(b.duplicate_keys, 0, "an expired key counts again");
+        // 1,200 requests first seen at t = 0..1199 ms, then one at 2,500: the clock is 2,500
+        // and every request first seen before 1,500 is dead.
+        let mut b = PartitionBatch::new(None).with_clock(None, s.idempotency_window());
+        let fp = [1; 16];
+        for i in 0..1_201 {
+            let header = encode_request(&format!("r{i}"), 0, &fp);
+            let value = encode_value(1);
+            let ts = if i < 1_200 { i } else { 2_500 };
+            let record = Record::with_request(i, b"k", &value, ts, &header);
+            b.fold_record(&record, |_| Ok::<_, StoreError>(0), |_| Ok(None))
+                .unwrap();
+        }
+        // apply prunes up to twice what it touched: all 1,200 dead ones, in 3 transactions.
         s.apply([(0, &b)]).unwrap();
-        assert_eq!(s.prune_idempotency_keys(now_ms()).unwrap(), 1, "b expired");
-        assert!(s.idempotency_key_seen(0, b"a").unwrap(), "a was renewed");
-
-        // Past the row cap the oldest keys go first.
-        let recs: Vec<(i64, i64, String)> = (3..8).map(|o| (o, 1, format!("n{o}"))).collect();
-        let recs: Vec<(i64, i64, &str)> = recs.iter().map(|(o, d, k)| (*o, *d, &k[..])).collect();
-        let b = keyed_batch(&s, 0, Some(3), &recs);
-        s.apply([(0, &b)]).unwrap();
-        s.connection()
-            .execute(
-                "UPDATE idempotency_keys SET seen_at = seen_at - 10 WHERE key = 'a'",
-                [],
-            )
-            .unwrap();
-        assert_eq!(s.prune_idempotency_keys(now_ms()).unwrap(), 3);
-        assert_eq!(s.idempotency_key_count().unwrap(), 3);
-        assert!(
-            !s.idempotency_key_seen(0, b"a").unwrap(),
-            "the oldest went first"
+        assert_eq!(s.request_count().unwrap(), 1);
+        assert!(s.stored_request(0, b"r1200").unwrap().is_some());
+        assert_eq!(
+            s.prune_requests(0, 10).unwrap(),
+            0,
+            "nothing left that is due"
         );
         assert_eq!(
             s.key_sum("k").unwrap(),
-            Some(8),
+            Some(1_201),
             "pruning never touches sums"
+        );
+    }
+
+    #[test]
+    fn the_window_is_bound_to_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let mut s = Store::open(&path, "t", OpenMode::CreateNew).unwrap();
+        assert_eq!(s.stored_idempotency_window().unwrap(), None);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(s.bind_idempotency_window(None).unwrap(), DEFAULT_WINDOW);
+        drop(s);
+        let mut s = Store::open(&path, "t", OpenMode::Existing).unwrap();
+        assert_eq!(s.bind_idempotency_window(Some(hour)).unwrap(), hour);
+        let e = s
+            .bind_idempotency_window(Some(Duration::from_secs(60)))
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            StoreError::WindowMismatch {
+                stored: 3600,
+                wanted: 60
+            }
+        ));
+        assert!(e.to_string().contains("--idempotency-window-secs 3600"));
+        assert_eq!(s.stored_idempotency_window().unwrap(), Some(hour));
+    }
+
+    #[test]
+    fn schema_2_keys_become_requests_of_one_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.execute_batch(
+                "PRAGMA user_version = 2;
+                 INSERT INTO meta VALUES ('topic', 't');
+                 INSERT INTO offsets VALUES ('t', 0, 4);
+                 INSERT INTO idempotency_keys VALUES ('t', 0, x'6f6c64', 3, 1700000000000);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path, "t", OpenMode::Existing).unwrap();
+        let old = s.stored_request(0, b"old").unwrap().unwrap();
+        assert_eq!(
+            old,
+            RequestState {
+                fingerprint: None,
+                seen: vec![1],
+                first_seen: 1_700_000_000_000
+            }
+        );
+        assert_eq!(
+            (s.stored_offset(0).unwrap(), s.stored_clock(0).unwrap()),
+            (Some(4), None)
         );
     }
 

@@ -40,14 +40,21 @@ pub struct AsOf {
     pub sums: BTreeMap<String, i64>,
 }
 
-/// Replays up to `at` and returns the sums of the keys `filter` selects.
-pub fn as_of(kafka: &KafkaArgs, at: &To, filter: &Filter) -> anyhow::Result<AsOf> {
+/// Replays up to `at`, remembering requests for `window` (the default when `None`), and
+/// returns the sums of the keys `filter` selects.
+pub fn as_of(
+    kafka: &KafkaArgs,
+    at: &To,
+    window: Option<std::time::Duration>,
+    filter: &Filter,
+) -> anyhow::Result<AsOf> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let store = Store::open(
+    let mut store = Store::open(
         &dir.path().join("as-of.db"),
         &kafka.topic,
         OpenMode::CreateNew,
     )?;
+    store.bind_idempotency_window(window)?;
     let mut applier = Applier::new(store);
     replay(kafka, &mut applier, &From::Earliest, at, None)?;
     let snap = applier

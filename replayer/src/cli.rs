@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -23,6 +24,13 @@ use crate::positions::{From, To};
 pub struct Cli {
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    /// How long a request with an Idempotency-Key is remembered, in seconds of log time. A
+    /// database keeps the window it was first folded with: `rebuild` stores this one in a new
+    /// database (3600 when not given), and `--continue` or `verify` with another than the
+    /// stored one is refused. Give the live aggregator's window to `rebuild` and `as-of`.
+    #[arg(long, global = true, env = "TALLY_IDEMPOTENCY_WINDOW_SECS",
+          value_parser = clap::value_parser!(u64).range(1..=365 * 24 * 60 * 60))]
+    pub idempotency_window_secs: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -119,6 +127,7 @@ pub fn run(cli: Cli) -> ExitCode {
 
 fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     cli.kafka.check_topic_blocking()?;
+    let window = cli.idempotency_window_secs.map(Duration::from_secs);
     match cli.command {
         Command::Rebuild {
             db,
@@ -142,6 +151,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Err(why) = cli.kafka.check_topic_id(&mut store)? {
                 anyhow::bail!("{why}; rebuild into a new database");
             }
+            store.bind_idempotency_window(window)?;
             let mut applier = Applier::new(store);
             let s = crate::replay::replay(&cli.kafka, &mut applier, &from, &to, None)?;
             println!("{}", rebuilt_line(&db, &s, resume));
@@ -149,8 +159,12 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify { db, only } => {
             let only: BTreeSet<i32> = only.into_iter().collect();
-            let report =
-                crate::verify::verify(&cli.kafka, &db, (!only.is_empty()).then_some(&only))?;
+            let report = crate::verify::verify(
+                &cli.kafka,
+                &db,
+                window,
+                (!only.is_empty()).then_some(&only),
+            )?;
             println!("{report}");
             Ok(if report.is_clean() {
                 ExitCode::SUCCESS
@@ -170,7 +184,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(p)) => Filter::Prefix(p),
                 (None, None) => Filter::All,
             };
-            let result = crate::as_of::as_of(&cli.kafka, &at, &filter)?;
+            let result = crate::as_of::as_of(&cli.kafka, &at, window, &filter)?;
             if out == "-" {
                 crate::as_of::write(std::io::stdout().lock(), &result, format)?;
             } else {

@@ -129,8 +129,7 @@ pub fn replay(
                     close(&consumer, &kafka.topic, &mut open, p);
                     continue;
                 }
-                let ik = tally_pipeline::kafka::idempotency_key(&m);
-                match applier.fold(p, offset, m.key(), m.payload(), ik)? {
+                match applier.fold(p, &tally_pipeline::kafka::record_of(&m))? {
                     Folded::Applied | Folded::Rejected | Folded::DuplicateKey => {
                         last_progress = Instant::now();
                         progress.inc(1);

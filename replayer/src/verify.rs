@@ -6,12 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
 use tally_pipeline::applier::Applier;
 use tally_pipeline::kafka::KafkaArgs;
-use tally_pipeline::store::{OpenMode, Snapshot, Store};
+use tally_pipeline::store::{OpenMode, Snapshot, Store, StoreError};
 
 use crate::positions::{From, To};
 use crate::replay::replay;
@@ -114,10 +115,12 @@ pub fn compare(expected: &Snapshot, found: &Snapshot) -> Report {
     }
 }
 
-/// Verifies the live database at `live` against the log.
+/// Verifies the live database at `live` against the log, folding with the idempotency window
+/// the live database stores (`window`, when given, must be that one).
 pub fn verify(
     kafka: &KafkaArgs,
     live: &Path,
+    window: Option<Duration>,
     only: Option<&BTreeSet<i32>>,
 ) -> anyhow::Result<Report> {
     let live_store = Store::open(live, &kafka.topic, OpenMode::Existing)
@@ -126,6 +129,16 @@ pub fn verify(
     if let (Some(stored), Some(current)) = (live_store.stored_topic_id()?, kafka.topic_id()?) {
         tally_pipeline::topic::judge_topic_id(&kafka.topic, &stored, &current)
             .map_err(anyhow::Error::msg)?;
+    }
+    let stored_window = live_store.stored_idempotency_window()?;
+    if let (Some(stored), Some(wanted)) = (stored_window, window) {
+        if stored != wanted {
+            return Err(StoreError::WindowMismatch {
+                stored: stored.as_secs(),
+                wanted: wanted.as_secs(),
+            }
+            .into());
+        }
     }
     let mut found = live_store
         .snapshot()
@@ -137,11 +150,12 @@ pub fn verify(
         found.rejected.retain(|(p, _)| only.contains(p));
     }
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let scratch = Store::open(
+    let mut scratch = Store::open(
         &dir.path().join("verify.db"),
         &kafka.topic,
         OpenMode::CreateNew,
     )?;
+    scratch.bind_idempotency_window(stored_window.or(window))?;
     let mut applier = Applier::new(scratch);
     let parts: BTreeSet<i32> = found.offsets.keys().copied().collect();
     replay(
