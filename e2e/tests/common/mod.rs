@@ -41,7 +41,7 @@ impl Pipeline {
         self.dir.path().join("tally.db")
     }
 
-    fn common(&self) -> Vec<String> {
+    pub fn common(&self) -> Vec<String> {
         vec![
             "--brokers".into(),
             self.broker.addr(),
