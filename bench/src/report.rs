@@ -4,7 +4,8 @@ use std::path::Path;
 
 use crate::suite::{markdown, run, Config};
 
-fn sh(cmd: &str, args: &[&str]) -> String {
+/// The trimmed standard output of a command, empty when it cannot run.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
     std::process::Command::new(cmd)
         .args(args)
         .output()
