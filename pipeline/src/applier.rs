@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::fold::{Folded, PartitionBatch, Record};
-use crate::store::{Applied, Result, Store};
+use crate::store::{Applied, LockHeld, Result, Store};
 
 /// Outcome of a commit, for the caller to act on.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -19,6 +19,8 @@ pub struct CommitReport {
     /// the beginning). Their pending work was dropped; the caller must seek there.
     pub fenced: Vec<(i32, Option<i64>)>,
     pub committed: Vec<(i32, i64)>,
+    /// How long the commit held the database's write lock.
+    pub lock_held: LockHeld,
     /// Offsets committed past without a record (transaction markers, aborted records), per
     /// partition where there were any.
     pub skipped: Vec<(i32, u64)>,
@@ -147,8 +149,12 @@ impl Applier {
         if self.owned.values().all(PartitionBatch::is_empty) {
             return Ok(report);
         }
-        let Applied { committed, fenced } =
-            self.store.apply(self.owned.iter().map(|(p, b)| (*p, b)))?;
+        let Applied {
+            committed,
+            fenced,
+            lock_held,
+        } = self.store.apply(self.owned.iter().map(|(p, b)| (*p, b)))?;
+        report.lock_held = lock_held;
         for &(p, next) in &committed {
             let slot = self
                 .owned

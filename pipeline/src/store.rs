@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
@@ -66,6 +66,18 @@ pub struct Fenced {
 pub struct Applied {
     pub committed: Vec<(i32, i64)>,
     pub fenced: Vec<Fenced>,
+    /// How long `apply` held the database's write lock, transaction by transaction.
+    pub lock_held: LockHeld,
+}
+
+/// Write-lock hold times of one `apply`: its own transaction, and the prune transactions after
+/// it (between which other writers may go).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LockHeld {
+    pub commit: Duration,
+    pub prune_transactions: usize,
+    pub longest_prune: Duration,
+    pub pruned: usize,
 }
 
 /// A database's state at one moment: what verify compares.
@@ -255,6 +267,17 @@ impl Store {
     /// before its stored log clock, [`PRUNE_CHUNK`] rows per transaction, oldest first.
     /// Returns the rows deleted.
     pub fn prune_requests(&mut self, partition: i32, max_rows: usize) -> Result<usize> {
+        let mut held = LockHeld::default();
+        self.prune_partition(partition, max_rows, &mut held)?;
+        Ok(held.pruned)
+    }
+
+    fn prune_partition(
+        &mut self,
+        partition: i32,
+        max_rows: usize,
+        held: &mut LockHeld,
+    ) -> Result<()> {
         let window = self.window.as_millis().min(i64::MAX as u128) as i64;
         // A read first: most commits find nothing due and then take no write lock for it.
         let due = self
@@ -270,6 +293,7 @@ impl Store {
         let mut deleted = 0;
         while due && deleted < max_rows {
             let chunk = PRUNE_CHUNK.min(max_rows - deleted);
+            let started = Instant::now();
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -286,12 +310,15 @@ impl Store {
                 )?
                 .execute(params![partition, self.topic, window, chunk as i64])?;
             tx.commit()?;
+            held.prune_transactions += 1;
+            held.longest_prune = held.longest_prune.max(started.elapsed());
             deleted += n;
             if n < chunk {
                 break;
             }
         }
-        Ok(deleted)
+        held.pruned += deleted;
+        Ok(())
     }
 
     /// Requests remembered, over all partitions, dead ones not yet pruned included.
@@ -475,6 +502,7 @@ impl Store {
         &mut self,
         batches: impl IntoIterator<Item = (i32, &'a PartitionBatch)>,
     ) -> Result<Applied> {
+        let started = Instant::now();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -558,10 +586,13 @@ impl Store {
             }
         }
         tx.commit()?;
+        out.lock_held.commit = started.elapsed();
         let budget = (2 * touched).max(PRUNE_CHUNK) / out.committed.len().max(1);
+        let mut held = out.lock_held;
         for &(partition, _) in &out.committed {
-            self.prune_requests(partition, budget.max(PRUNE_CHUNK))?;
+            self.prune_partition(partition, budget.max(PRUNE_CHUNK), &mut held)?;
         }
+        out.lock_held = held;
         Ok(out)
     }
 
