@@ -139,7 +139,7 @@ pub fn run(cfg: &Config, dir: &std::path::Path) -> anyhow::Result<Report> {
                 &Record::with_request(*offset, key.as_bytes(), &value, ts, &header),
             )?;
             *offset += 1;
-            if (n + 1 - from) % cfg.batch == 0 || n + 1 == to {
+            if (n + 1 - from).is_multiple_of(cfg.batch) || n + 1 == to {
                 let t = Instant::now();
                 let report = applier.commit()?;
                 held.push((report.lock_held, t.elapsed()));
