@@ -218,10 +218,10 @@ impl Readers {
     fn pick(&self, p: i32, n: u64) -> (&str, bool) {
         match self.owner.get(&p) {
             Some(&o) if self.urls.len() > 1 => {
-                if n % 2 == 0 {
-                    (&self.urls[o], false)
-                } else {
+                if n % 2 == 1 {
                     (&self.urls[(o + 1) % self.urls.len()], true)
+                } else {
+                    (&self.urls[o], false)
                 }
             }
             _ => (&self.urls[0], false),

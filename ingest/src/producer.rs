@@ -116,7 +116,8 @@ impl Appender {
                 self.metrics.ok.record(elapsed);
                 self.metrics.accepted.increment(landed.len() as u64);
             }
-            Err(_) => self.metrics.error.record(elapsed),
+            Err(_) => metrics::histogram!(telemetry::PRODUCE_SECONDS, "outcome" => "error")
+                .record(elapsed),
         }
         result
     }
