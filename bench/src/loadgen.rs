@@ -5,7 +5,13 @@
 //!
 //! `--format healthz` sends `GET /healthz` instead (the P1 baseline), and `--freshness URL`
 //! measures, after every acknowledged single increment, how long until the aggregator at URL
-//! serves it (`/sums/{key}?min_offset=P:O`).
+//! serves it (`/sums/{key}?min_offset=P:O`). With several aggregators (`--freshness A,B`, same
+//! group and database) every other read goes to one that does not own the record's partition
+//! (ownership read from each one's `/offsets` when the run starts), and those reads are also
+//! reported on their own (`freshness_foreign_ms`).
+//!
+//! Only 200 answers count: as requests, in the rates and in the latency histogram; every other
+//! answer and transport error is counted apart in `failures`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -68,7 +74,8 @@ pub struct Args {
     /// Write the ground truth (JSON) here.
     #[arg(long)]
     pub truth: Option<PathBuf>,
-    /// Aggregator base URL: measure ack-to-visible time of each single increment.
+    /// Aggregator base URLs, comma-separated: measure ack-to-visible time of each single
+    /// increment (with several, every other read goes to one not owning the partition).
     #[arg(long)]
     pub freshness: Option<String>,
     #[arg(long, default_value_t = 1)]
@@ -84,7 +91,7 @@ pub struct Truth {
 }
 
 impl Truth {
-    fn merge(&mut self, other: Truth) {
+    pub fn merge(&mut self, other: Truth) {
         for (k, v) in other.sums {
             *self.sums.entry(k).or_insert(0) += v;
         }
@@ -131,17 +138,102 @@ pub struct Report {
     pub increments_per_s: f64,
     pub latency_ms: Percentiles,
     pub freshness_ms: Option<Percentiles>,
+    /// The reads of `freshness_ms` served by an aggregator not owning the partition.
+    #[serde(default)]
+    pub freshness_foreign_ms: Option<Percentiles>,
+}
+
+/// A finished run with its latency histogram, so that several runs can be [`combine`]d.
+pub struct Run {
+    pub report: Report,
+    pub truth: Truth,
+    pub latency: Histogram<u64>,
+}
+
+/// One report over several runs of the same format and concurrency: counts and elapsed times
+/// add up, latencies are those of every run's answers together.
+pub fn combine(runs: Vec<Run>) -> anyhow::Result<(Report, Truth)> {
+    let mut it = runs.into_iter();
+    let first = it.next().context("nothing to combine")?;
+    let (mut report, mut truth, mut latency) = (first.report, first.truth, first.latency);
+    for r in it {
+        report.requests += r.report.requests;
+        report.increments += r.report.increments;
+        report.elapsed_s += r.report.elapsed_s;
+        for (k, v) in r.report.failures {
+            *report.failures.entry(k).or_insert(0) += v;
+        }
+        truth.merge(r.truth);
+        latency.add(&r.latency)?;
+    }
+    report.requests_per_s = report.requests as f64 / report.elapsed_s;
+    report.increments_per_s = report.increments as f64 / report.elapsed_s;
+    report.latency_ms = percentiles(&latency, 1000.0);
+    report.freshness_ms = None;
+    report.freshness_foreign_ms = None;
+    Ok((report, truth))
 }
 
 struct Worker {
     truth: Truth,
     latency: Histogram<u64>,
     freshness: Histogram<u64>,
+    foreign: Histogram<u64>,
     requests: u64,
     failures: BTreeMap<String, u64>,
 }
 
+/// Where freshness reads go: each aggregator's base URL and the partitions it owns.
+struct Readers {
+    urls: Vec<String>,
+    owner: BTreeMap<i32, usize>,
+}
+
+impl Readers {
+    async fn discover(client: &reqwest::Client, list: &str) -> anyhow::Result<Readers> {
+        let urls: Vec<String> = list.split(',').map(|u| u.trim().to_owned()).collect();
+        let mut owner = BTreeMap::new();
+        if urls.len() > 1 {
+            for (i, u) in urls.iter().enumerate() {
+                let v: Value = client
+                    .get(format!("{u}/offsets"))
+                    .send()
+                    .await?
+                    .json()
+                    .await
+                    .with_context(|| format!("{u}/offsets"))?;
+                // A process reports a log end only for the partitions it owns.
+                for p in v["partitions"].as_array().into_iter().flatten() {
+                    if let (Some(id), false) = (p["partition"].as_i64(), p["log_end"].is_null()) {
+                        owner.insert(id as i32, i);
+                    }
+                }
+            }
+        }
+        Ok(Readers { urls, owner })
+    }
+
+    /// The aggregator to read partition `p` from, and whether it does not own `p`: the owner
+    /// for even `n`, another one for odd `n`.
+    fn pick(&self, p: i32, n: u64) -> (&str, bool) {
+        match self.owner.get(&p) {
+            Some(&o) if self.urls.len() > 1 => {
+                if n % 2 == 1 {
+                    (&self.urls[(o + 1) % self.urls.len()], true)
+                } else {
+                    (&self.urls[o], false)
+                }
+            }
+            _ => (&self.urls[0], false),
+        }
+    }
+}
+
 pub async fn run(args: &Args) -> anyhow::Result<(Report, Truth)> {
+    run_full(args).await.map(|r| (r.report, r.truth))
+}
+
+pub async fn run_full(args: &Args) -> anyhow::Result<Run> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
     anyhow::ensure!(
@@ -152,19 +244,24 @@ pub async fn run(args: &Args) -> anyhow::Result<(Report, Truth)> {
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(30))
         .build()?;
+    let readers = match &args.freshness {
+        Some(list) => Some(Arc::new(Readers::discover(&client, list).await?)),
+        None => None,
+    };
     let args = Arc::new(args.clone());
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.duration_s);
     let mut tasks = Vec::new();
     for w in 0..args.concurrency {
-        let (client, args) = (client.clone(), args.clone());
+        let (client, args, readers) = (client.clone(), args.clone(), readers.clone());
         tasks.push(tokio::spawn(async move {
-            worker(w, &client, &args, deadline).await
+            worker(w, &client, &args, readers.as_deref(), deadline).await
         }));
     }
     let mut truth = Truth::default();
     let mut latency = Histogram::<u64>::new(3)?;
     let mut freshness = Histogram::<u64>::new(3)?;
+    let mut foreign = Histogram::<u64>::new(3)?;
     let mut requests = 0;
     let mut failures = BTreeMap::new();
     for t in tasks {
@@ -172,6 +269,7 @@ pub async fn run(args: &Args) -> anyhow::Result<(Report, Truth)> {
         truth.merge(w.truth);
         latency.add(&w.latency)?;
         freshness.add(&w.freshness)?;
+        foreign.add(&w.foreign)?;
         requests += w.requests;
         for (k, v) in w.failures {
             *failures.entry(k).or_insert(0) += v;
@@ -205,14 +303,20 @@ pub async fn run(args: &Args) -> anyhow::Result<(Report, Truth)> {
             .freshness
             .as_ref()
             .map(|_| percentiles(&freshness, 1000.0)),
+        freshness_foreign_ms: (!foreign.is_empty()).then(|| percentiles(&foreign, 1000.0)),
     };
-    Ok((report, truth))
+    Ok(Run {
+        report,
+        truth,
+        latency,
+    })
 }
 
 async fn worker(
     id: usize,
     client: &reqwest::Client,
     args: &Args,
+    readers: Option<&Readers>,
     deadline: Instant,
 ) -> anyhow::Result<Worker> {
     let mut rng = StdRng::seed_from_u64(args.seed.wrapping_mul(1_000_003).wrapping_add(id as u64));
@@ -220,6 +324,7 @@ async fn worker(
         truth: Truth::default(),
         latency: Histogram::new(3)?,
         freshness: Histogram::new(3)?,
+        foreign: Histogram::new(3)?,
         requests: 0,
         failures: BTreeMap::new(),
     };
@@ -229,6 +334,9 @@ async fn worker(
         .map(|r| Duration::from_secs_f64(args.concurrency as f64 / r));
     let mut next = Instant::now();
     let mut body = String::new();
+    let healthz = format!("{}/healthz", args.url);
+    let increment = format!("{}/increment", args.url);
+    let increments = format!("{}/increments", args.url);
     while Instant::now() < deadline {
         if let Some(p) = period {
             tokio::time::sleep_until(next.into()).await;
@@ -248,13 +356,13 @@ async fn worker(
             })
             .collect();
         let req = match args.format {
-            Format::Healthz => client.get(format!("{}/healthz", args.url)),
+            Format::Healthz => client.get(&healthz),
             Format::Form => client
-                .post(format!("{}/increment", args.url))
+                .post(&increment)
                 .header("content-type", "application/x-www-form-urlencoded")
                 .body(format!("key={}&value={}", incs[0].0, incs[0].1)),
             Format::Json => client
-                .post(format!("{}/increments", args.url))
+                .post(&increments)
                 .header("content-type", "application/json")
                 .body(format!(
                     r#"{{"key":"{}","value":{}}}"#,
@@ -266,7 +374,7 @@ async fn worker(
                     body.push_str(&format!("{{\"key\":\"{k}\",\"value\":{v}}}\n"));
                 }
                 client
-                    .post(format!("{}/increments", args.url))
+                    .post(&increments)
                     .header("content-type", "application/x-ndjson")
                     .body(body.clone())
             }
@@ -284,12 +392,12 @@ async fn worker(
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await;
         let acked = Instant::now();
-        w.latency
-            .record(acked.duration_since(sent).as_micros().max(1) as u64)?;
         if status != 200 {
             *w.failures.entry(status.to_string()).or_insert(0) += 1;
             continue;
         }
+        w.latency
+            .record(acked.duration_since(sent).as_micros().max(1) as u64)?;
         if args.format == Format::Healthz {
             continue;
         }
@@ -301,12 +409,16 @@ async fn worker(
         w.truth.acknowledged += incs.len() as u64;
         if let (Some(p), Some(o)) = (v["partition"].as_i64(), v["offset"].as_i64()) {
             w.truth.landed(p as i32, o);
-            if let Some(agg) = &args.freshness {
+            if let Some(readers) = readers {
+                let (agg, foreign) = readers.pick(p as i32, w.truth.acknowledged);
                 let url = format!("{agg}/sums/{}?min_offset={p}:{o}&wait_ms=5000", incs[0].0);
                 let r = client.get(url).send().await;
                 if r.is_ok_and(|r| r.status() == 200) {
-                    w.freshness
-                        .record(acked.elapsed().as_micros().max(1) as u64)?;
+                    let us = acked.elapsed().as_micros().max(1) as u64;
+                    w.freshness.record(us)?;
+                    if foreign {
+                        w.foreign.record(us)?;
+                    }
                 } else {
                     *w.failures.entry("not_fresh".into()).or_insert(0) += 1;
                 }

@@ -17,7 +17,7 @@ fn smoke_suite_runs_every_stage_and_is_exact() {
             r.name
         );
     }
-    let names: Vec<_> = res.ratios.iter().map(|r| r.name).collect();
+    let names: Vec<_> = res.ratios.iter().map(|r| r.name.as_str()).collect();
     for want in ["P1", "P2", "P3", "P4", "P6"] {
         assert!(names.contains(&want), "stage {want} missing: {names:?}");
     }

@@ -77,6 +77,7 @@ pub struct Appender {
     producer: FutureProducer<Ctx>,
     topic: String,
     delivery_timeout: Duration,
+    metrics: telemetry::Produce,
 }
 
 impl Appender {
@@ -97,6 +98,7 @@ impl Appender {
             producer,
             topic: kafka.topic.clone(),
             delivery_timeout,
+            metrics: telemetry::Produce::new(),
         })
     }
 
@@ -110,11 +112,14 @@ impl Appender {
     ) -> Result<Vec<Landed>, ApiError> {
         let started = Instant::now();
         let result = self.append_inner(incs, idempotency_key).await;
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::histogram!(telemetry::PRODUCE_SECONDS, "outcome" => outcome)
-            .record(started.elapsed().as_secs_f64());
-        if let Ok(landed) = &result {
-            metrics::counter!(telemetry::ACCEPTED).increment(landed.len() as u64);
+        let elapsed = started.elapsed().as_secs_f64();
+        match &result {
+            Ok(landed) => {
+                self.metrics.ok.record(elapsed);
+                self.metrics.accepted.increment(landed.len() as u64);
+            }
+            Err(_) => metrics::histogram!(telemetry::PRODUCE_SECONDS, "outcome" => "error")
+                .record(elapsed),
         }
         result
     }

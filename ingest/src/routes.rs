@@ -231,12 +231,7 @@ pub fn routes(
         .recover(tally_http::recover)
         .unify()
         .with(warp::log::custom(|info| {
-            metrics::counter!(
-                telemetry::REQUESTS,
-                "route" => telemetry::route_label(info.path()),
-                "status" => info.status().as_u16().to_string()
-            )
-            .increment(1);
+            telemetry::count_request(info.path(), info.status())
         }))
         .with(tally_http::access_log())
 }

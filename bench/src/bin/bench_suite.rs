@@ -10,8 +10,15 @@ struct Cli {
     smoke: bool,
     #[arg(long, default_value_t = 10.0)]
     stage_s: f64,
+    /// Connections for the HTTP stages other than P1.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Connections P1 is measured at, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [32, 256, 1024])]
+    p1_concurrency: Vec<usize>,
+    /// The P1 concurrency its targets apply to.
+    #[arg(long, default_value_t = 256)]
+    p1_at: usize,
     #[arg(long, default_value_t = 2_000_000)]
     p6_records: u64,
     #[arg(long, default_value_t = 100_000)]
@@ -34,6 +41,8 @@ fn main() -> std::process::ExitCode {
     if !cli.smoke {
         cfg.stage_s = cli.stage_s;
         cfg.concurrency = cli.concurrency;
+        cfg.p1_concurrencies = cli.p1_concurrency;
+        cfg.p1_at = cli.p1_at;
         cfg.keys = 1000;
         cfg.ndjson_batch = 500;
         cfg.partitions = 12;
