@@ -2,6 +2,10 @@
 //! listing by prefix), offsets with lag, quarantined records, readiness and Prometheus metrics.
 //! Filters here, handlers below them; every error is the shared JSON error shape.
 //!
+//! With a database per aggregator ([`Forward`]), `GET /sums/{key}` is answered by the owner of
+//! the key's partition: another member forwards it there (the owner is read from the group,
+//! [`crate::peers`]), query and all, so read-your-writes tokens work through any member.
+//!
 //! Read-your-writes: `GET /sums/{key}?min_offset=P:O` answers once partition P's committed next
 //! offset is above O. It waits on the consumer's watch channel ([`crate::progress`]) when this
 //! process owns P; when another process sharing the database owns P, the channel says nothing
@@ -65,6 +69,29 @@ pub struct Limits {
     pub ready_max_lag: i64,
 }
 
+/// Header on a forwarded read: the member it came from. A forwarded read is always answered
+/// locally, so a stale view of the group can never bounce a read between members.
+pub const FORWARDED_FROM: &str = "tally-forwarded-from";
+/// Header on every answer to `GET /sums/{key}`: the URL of the member whose database answered.
+pub const SERVED_BY: &str = "tally-served-by";
+
+/// Forwarding of reads to the owner of a key's partition (a database per aggregator).
+#[derive(Clone)]
+pub struct Forward {
+    url: String,
+    peers: crate::peers::Peers,
+    client: reqwest::Client,
+}
+
+impl Forward {
+    pub fn new(url: String, peers: crate::peers::Peers) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .build()?;
+        Ok(Forward { url, peers, client })
+    }
+}
+
 /// Everything the handlers read.
 #[derive(Clone)]
 pub struct Api {
@@ -72,6 +99,7 @@ pub struct Api {
     progress: ProgressRx,
     metrics: PrometheusHandle,
     limits: Limits,
+    forward: Option<Forward>,
 }
 
 impl Api {
@@ -86,7 +114,14 @@ impl Api {
             progress,
             metrics,
             limits,
+            forward: None,
         }
+    }
+
+    /// Answers reads of keys other members own by forwarding them (`None`: all locally).
+    pub fn forwarding(mut self, forward: Option<Forward>) -> Self {
+        self.forward = forward;
+        self
     }
 }
 
@@ -95,11 +130,21 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     let status = crate::status::routes(api.reader.clone());
     let with = warp::any().map(move || api.clone());
+    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let sum = warp::path!("sums" / String)
         .and(warp::get())
         .and(warp::query::<SumQuery>())
+        .and(raw_query)
+        .and(warp::header::optional::<String>(FORWARDED_FROM))
         .and(with.clone())
-        .and_then(|k, q, a| async move { get_sum(k, q, a).await.map_err(warp::reject::custom) });
+        .and_then(|k, q, raw, from: Option<String>, a| async move {
+            let read = SumRead {
+                raw_key: k,
+                raw_query: raw,
+                forwarded: from.is_some(),
+            };
+            get_sum(read, q, a).await.map_err(warp::reject::custom)
+        });
     let list = warp::path!("sums")
         .and(warp::get())
         .and(warp::query::<ListQuery>())
@@ -180,13 +225,86 @@ struct ErrorInner<'a> {
     message: &'a str,
 }
 
-async fn get_sum(raw_key: String, q: SumQuery, api: Api) -> Result<Response, ApiError> {
-    let key = percent_encoding::percent_decode_str(&raw_key)
+/// A `GET /sums/{key}` as it arrived, for forwarding it unchanged.
+struct SumRead {
+    raw_key: String,
+    raw_query: String,
+    forwarded: bool,
+}
+
+/// Where a read of `key` is answered: `Ok(None)` here, `Ok(Some(answer))` by the owner.
+async fn route(api: &Api, key: &str, read: &SumRead) -> Result<Option<Response>, ApiError> {
+    let Some(f) = api.forward.as_ref().filter(|_| !read.forwarded) else {
+        return Ok(None);
+    };
+    let table = f.peers.table();
+    let Some(partitions) = table.partitions else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "owner_unknown",
+            "the group's members have not been read yet",
+        )
+        .retry_after(1));
+    };
+    let p = tally_pipeline::partition::partition_for(key.as_bytes(), partitions);
+    if api.progress.borrow().owned.contains(&p) {
+        return Ok(None);
+    }
+    let owner = match table.owners.get(&p) {
+        Some(owner) if *owner == f.url => return Ok(None),
+        Some(owner) => owner,
+        None => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "owner_unknown",
+                format!("partition {p} has no owner in the group now (a rebalance is under way)"),
+            )
+            .retry_after(1))
+        }
+    };
+    let mut url = format!("{owner}/sums/{}", read.raw_key);
+    if !read.raw_query.is_empty() {
+        url = format!("{url}?{}", read.raw_query);
+    }
+    let unreachable = |e: reqwest::Error| {
+        tracing::warn!(%owner, partition = p, error = %e, "cannot forward a read to its owner");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "owner_unreachable",
+            format!("the owner of partition {p} did not answer"),
+        )
+        .retry_after(1)
+    };
+    let answer = f
+        .client
+        .get(url)
+        .header(FORWARDED_FROM, &f.url)
+        .timeout(api.limits.max_wait + Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).map_err(ApiError::internal)?;
+    let body = answer.bytes().await.map_err(unreachable)?;
+    let mut reply = Response::new(body.to_vec().into());
+    *reply.status_mut() = status;
+    let headers = reply.headers_mut();
+    headers.insert("content-type", "application/json".parse().expect("valid"));
+    if let Ok(v) = owner.parse() {
+        headers.insert(SERVED_BY, v);
+    }
+    Ok(Some(reply))
+}
+
+async fn get_sum(read: SumRead, q: SumQuery, api: Api) -> Result<Response, ApiError> {
+    let key = percent_encoding::percent_decode_str(&read.raw_key)
         .decode_utf8()
         .map_err(|_| {
             ApiError::bad_request("invalid_key", "key is not valid percent-encoded utf-8")
         })?
         .into_owned();
+    if let Some(answer) = route(&api, &key, &read).await? {
+        return Ok(answer);
+    }
     if let Some(min) = &q.min_offset {
         let (partition, offset) = position("min_offset", min)?;
         let wait = q
@@ -210,14 +328,20 @@ async fn get_sum(raw_key: String, q: SumQuery, api: Api) -> Result<Response, Api
         }
     }
     let k = key.clone();
-    match api.reader.read(move |s| s.key_sum(&k)).await? {
-        Some(sum) => Ok(json(StatusCode::OK, &SumBody { key, sum })),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "key_not_found",
-            format!("no increment for key '{key}' has been folded"),
-        )),
+    let mut reply = match api.reader.read(move |s| s.key_sum(&k)).await? {
+        Some(sum) => json(StatusCode::OK, &SumBody { key, sum }),
+        None => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "key_not_found",
+                format!("no increment for key '{key}' has been folded"),
+            ))
+        }
+    };
+    if let Some(url) = api.forward.as_ref().and_then(|f| f.url.parse().ok()) {
+        reply.headers_mut().insert(SERVED_BY, url);
     }
+    Ok(reply)
 }
 
 /// Waits until `partition`'s committed next offset is above `offset`, at most `wait`.

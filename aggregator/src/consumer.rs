@@ -340,9 +340,13 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
         client_log: ClientLog::new(),
         stopped: Mutex::new(BTreeMap::new()),
     };
-    let consumer: BaseConsumer<Ctx> = config
+    let mut member = config
         .kafka
-        .group_consumer(&config.group, config.session_timeout())
+        .group_consumer(&config.group, config.session_timeout());
+    if let Some(url) = &config.advertise_url {
+        member.set("client.id", crate::peers::client_id(url));
+    }
+    let consumer: BaseConsumer<Ctx> = member
         .set(
             "statistics.interval.ms",
             STATS_INTERVAL.as_millis().to_string(),

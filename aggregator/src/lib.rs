@@ -1,7 +1,8 @@
 //! The aggregator: a consumer-group member that folds its partitions into exact per-key sums
 //! in SQLite ([`consumer`]) and serves them over HTTP ([`api`]), with a status page ([`status`]);
 //! the consumer tells the API what it committed and how far behind it is through [`progress`],
-//! and records metrics named in [`instruments`].
+//! and records metrics named in [`instruments`]. With a database per aggregator, [`peers`]
+//! reads from the group who owns which partition, so that any member answers any key.
 //!
 //! What lives here: the group membership, commit cadence and the read API. What must not:
 //! the fold, the record format or SQL that changes sums (those are `tally_pipeline`'s, shared
@@ -11,6 +12,7 @@ pub mod api;
 mod config;
 pub mod consumer;
 pub mod instruments;
+pub mod peers;
 pub mod progress;
 pub mod status;
 
@@ -37,12 +39,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let stop = CancellationToken::new();
     let metrics = instruments::install();
     let (progress_tx, progress_rx) = progress::channel();
+    let forward = match &config.advertise_url {
+        Some(url) => Some(api::Forward::new(
+            url.clone(),
+            peers::Peers::watch(&config.kafka, &config.group, stop.clone())?,
+        )?),
+        None => None,
+    };
     let api = api::Api::new(
         api::Reader::new(reader),
         progress_rx,
         metrics,
         config.limits(),
-    );
+    )
+    .forwarding(forward);
     let (addr, server) = warp::serve(api::routes(api))
         .try_bind_with_graceful_shutdown(config.listen, stop.clone().cancelled_owned())
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -1,7 +1,7 @@
 //! The contract Tally's binaries share, and nothing else: the record on the topic
 //! ([`record`]), the pure fold of records into sums ([`fold`]), the SQLite store where sums and
 //! offsets change together ([`store`]), the owner of partitions that folds and commits
-//! ([`applier`]), Kafka configuration ([`kafka`]), the topic's settings and identity as the broker gives them ([`topic`]) and what the Kafka client reports ([`kafka_log`]), and process plumbing ([`telemetry`],
+//! ([`applier`]), which partition a key lives in ([`partition`]), Kafka configuration ([`kafka`]), the topic's settings and identity as the broker gives them ([`topic`]) and what the Kafka client reports ([`kafka_log`]), and process plumbing ([`telemetry`],
 //! [`shutdown`]).
 //!
 //! What must not live here: HTTP (ingest's and the aggregator's own), command-line parsing of a
@@ -11,6 +11,7 @@ pub mod applier;
 pub mod fold;
 pub mod kafka;
 pub mod kafka_log;
+pub mod partition;
 pub mod record;
 pub mod shutdown;
 pub mod store;

@@ -64,13 +64,25 @@ impl Pipeline {
     }
 
     pub fn aggregator(&self, extra: &[&str]) -> Service {
+        self.aggregator_on(&self.db(), free_port(), extra)
+    }
+
+    /// An aggregator with a database of its own, `NAME.db`, that advertises its URL to the
+    /// group so that reads of keys other members own are forwarded to them.
+    pub fn member(&self, name: &str) -> Service {
         let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let db = self.dir.path().join(format!("{name}.db"));
+        self.aggregator_on(&db, port, &["--advertise-url", &url])
+    }
+
+    fn aggregator_on(&self, db: &std::path::Path, port: u16, extra: &[&str]) -> Service {
         let mut args = self.common();
         args.extend([
             "--group".into(),
             self.group.clone(),
             "--db".into(),
-            self.db().display().to_string(),
+            db.display().to_string(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--session-timeout-ms".into(),
