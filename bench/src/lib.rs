@@ -1,10 +1,12 @@
-//! Benchmarks for Tally: [`loadgen`] drives ingest over HTTP and records the ground truth
+//! Benchmarks for Tally: [`loadgen`] drives ingest over HTTP (through [`conn`], a lean
+//! keep-alive client, so that it takes little of the cores it shares with what it measures) and records the ground truth
 //! (per-key sums of acknowledged increments) so any run can be checked for exactness;
 //! [`suite`] runs every stage against its own limit in one run and writes BENCHMARKS.md;
 //! [`prune`] times commits while a full idempotency window expires (no broker).
 //!
 //! What must not live here: product logic. The suite measures the real binaries.
 
+pub mod conn;
 pub mod loadgen;
 pub mod prune;
 pub mod report;

@@ -334,9 +334,10 @@ async fn worker(
         .map(|r| Duration::from_secs_f64(args.concurrency as f64 / r));
     let mut next = Instant::now();
     let mut body = String::new();
-    let healthz = format!("{}/healthz", args.url);
-    let increment = format!("{}/increment", args.url);
-    let increments = format!("{}/increments", args.url);
+    let host = crate::conn::authority(&args.url)
+        .with_context(|| format!("--url {} is not http://HOST:PORT", args.url))?;
+    let mut conn = crate::conn::Conn::new(host);
+    let healthz = crate::conn::request("GET", "/healthz", host, "", b"");
     while Instant::now() < deadline {
         if let Some(p) = period {
             tokio::time::sleep_until(next.into()).await;
@@ -355,45 +356,59 @@ async fn worker(
                 )
             })
             .collect();
-        let req = match args.format {
-            Format::Healthz => client.get(&healthz),
-            Format::Form => client
-                .post(&increment)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(format!("key={}&value={}", incs[0].0, incs[0].1)),
-            Format::Json => client
-                .post(&increments)
-                .header("content-type", "application/json")
-                .body(format!(
-                    r#"{{"key":"{}","value":{}}}"#,
-                    incs[0].0, incs[0].1
-                )),
+        let owned;
+        let req: &[u8] = match args.format {
+            Format::Healthz => &healthz,
+            Format::Form => {
+                let form = format!("key={}&value={}", incs[0].0, incs[0].1);
+                owned = crate::conn::request(
+                    "POST",
+                    "/increment",
+                    host,
+                    "application/x-www-form-urlencoded",
+                    form.as_bytes(),
+                );
+                &owned
+            }
+            Format::Json => {
+                let json = format!(r#"{{"key":"{}","value":{}}}"#, incs[0].0, incs[0].1);
+                owned = crate::conn::request(
+                    "POST",
+                    "/increments",
+                    host,
+                    "application/json",
+                    json.as_bytes(),
+                );
+                &owned
+            }
             Format::Ndjson => {
                 body.clear();
                 for (k, v) in &incs {
                     body.push_str(&format!("{{\"key\":\"{k}\",\"value\":{v}}}\n"));
                 }
-                client
-                    .post(&increments)
-                    .header("content-type", "application/x-ndjson")
-                    .body(body.clone())
+                owned = crate::conn::request(
+                    "POST",
+                    "/increments",
+                    host,
+                    "application/x-ndjson",
+                    body.as_bytes(),
+                );
+                &owned
             }
         };
         let sent = Instant::now();
-        let resp = req.send().await;
+        let answer = conn.exchange(req).await;
         w.requests += 1;
-        let resp = match resp {
-            Ok(r) => r,
+        let answer = match answer {
+            Ok(a) => a,
             Err(_) => {
                 *w.failures.entry("error".into()).or_insert(0) += 1;
                 continue;
             }
         };
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await;
         let acked = Instant::now();
-        if status != 200 {
-            *w.failures.entry(status.to_string()).or_insert(0) += 1;
+        if answer.status != 200 {
+            *w.failures.entry(answer.status.to_string()).or_insert(0) += 1;
             continue;
         }
         w.latency
@@ -401,8 +416,8 @@ async fn worker(
         if args.format == Format::Healthz {
             continue;
         }
-        let v: Value = serde_json::from_slice(&bytes.context("reading the answer")?)
-            .context("ingest answered 200 without JSON")?;
+        let v: Value =
+            serde_json::from_slice(answer.body).context("ingest answered 200 without JSON")?;
         for (k, d) in &incs {
             *w.truth.sums.entry(k.clone()).or_insert(0) += d;
         }
