@@ -68,8 +68,15 @@ impl KafkaArgs {
 
     /// Producer: every record acknowledged by all in-sync replicas, idempotent so that the
     /// producer's own retries never duplicate a record, keyed partitioning like Java clients.
+    /// A produce request in flight to a leader that went silent (a cut link) is given up after
+    /// [`PRODUCER_REQUEST_TIMEOUT`] (librdkafka's `request.timeout.ms`, default 30 s, and
+    /// `socket.timeout.ms`, default 60 s), after which the producer learns the new leader: the
+    /// defaults kept a partition's writes failing for 30-60 s after its leader was cut off.
     pub fn producer(&self, delivery_timeout: Duration) -> ClientConfig {
         let mut c = self.base();
+        let timeout = PRODUCER_REQUEST_TIMEOUT.as_millis().to_string();
+        c.set("request.timeout.ms", &timeout)
+            .set("socket.timeout.ms", &timeout);
         c.set("acks", "all")
             .set("enable.idempotence", "true")
             .set("partitioner", "murmur2_random")
@@ -175,6 +182,10 @@ impl KafkaArgs {
         Ok(())
     }
 }
+
+/// How long the producer waits for a broker's answer to a request before it gives the request
+/// up and reconnects.
+pub const PRODUCER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a group member waits for any answer from a broker before it gives the request up
 /// and reconnects (librdkafka's `socket.timeout.ms`, default 60 s).
