@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use tally_pipeline::kafka::KafkaArgs;
 
 #[derive(clap::Parser, Debug, Clone)]
@@ -29,6 +30,12 @@ pub struct Config {
     /// read is answered from the local database (one shared file).
     #[arg(long, env = "TALLY_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// Also follow, outside the group and at low priority, every partition this member does
+    /// not own, into its own database, so that a partition moving here has little left to
+    /// fold (a warm standby). Needs `--advertise-url`: only a database of its own can hold
+    /// partitions other members own.
+    #[arg(long, env = "TALLY_STANDBY", default_value_t = false)]
+    pub standby: bool,
     /// Address of the HTTP API.
     #[arg(
         long,
@@ -117,6 +124,17 @@ impl Config {
 
     pub fn session_timeout(&self) -> Duration {
         Duration::from_millis(self.session_timeout_ms)
+    }
+
+    /// Sets the prefetch and fetch size limits that bound a reader's memory
+    /// (`--queued-min-messages`, `--fetch-max-bytes`).
+    pub fn fetch_limits<'c>(&self, c: &'c mut ClientConfig) -> &'c mut ClientConfig {
+        c.set("queued.min.messages", self.queued_min_messages.to_string())
+            .set("fetch.max.bytes", self.fetch_max_bytes.to_string())
+            .set(
+                "fetch.message.max.bytes",
+                self.fetch_max_bytes.min(1 << 20).to_string(),
+            )
     }
 
     pub fn idempotency_window(&self) -> Option<Duration> {

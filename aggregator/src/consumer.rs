@@ -57,6 +57,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::instruments;
 use crate::progress::ProgressTx;
+use crate::standby::Claims;
 use crate::Config;
 
 /// How long one `poll` may block; bounds the reaction time to stop and commit deadlines.
@@ -75,6 +76,8 @@ struct Ctx {
     client_log: ClientLog,
     /// Owned partitions stopped because the log does not cover their stored offset.
     stopped: Mutex<BTreeMap<i32, Unreadable>>,
+    /// What this member owns, for the standby of the same process ([`crate::standby`]).
+    claims: Claims,
 }
 
 impl Ctx {
@@ -222,6 +225,15 @@ impl Ctx {
         // revoke() forgets the partitions even when its commit failed.
         self.applier().discard(parts);
         self.given_up(parts);
+        self.unclaim(parts);
+    }
+
+    /// Leaves partitions to the standby (after their last commit, or without one).
+    fn unclaim(&self, parts: &[i32]) {
+        let mut claimed = self.claims.lock();
+        for p in parts {
+            claimed.remove(p);
+        }
     }
 }
 
@@ -261,10 +273,17 @@ impl ConsumerContext for Ctx {
         let parts = self.partitions(tpl);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let starts = match self.applier().assign(&parts) {
+                // Claimed before the stored offsets are read, under the lock the standby
+                // commits under: the start is whatever the standby committed last.
+                let mut claimed = self.claims.lock();
+                claimed.extend(&parts);
+                let starts = self.applier().assign(&parts);
+                drop(claimed);
+                let starts = match starts {
                     Ok(s) => s,
                     Err(e) => {
                         self.fail(anyhow::Error::new(e).context("cannot read stored offsets"));
+                        self.unclaim(&parts);
                         let _ = consumer.unassign();
                         return;
                     }
@@ -313,6 +332,7 @@ impl ConsumerContext for Ctx {
                 instruments::rebalance("error");
                 self.applier().discard(&parts);
                 self.given_up(&parts);
+                self.unclaim(&parts);
                 let _ = consumer.unassign();
             }
         }
@@ -320,7 +340,12 @@ impl ConsumerContext for Ctx {
 }
 
 /// Runs the consumer until `stop` is cancelled; commits pending work before returning.
-pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> anyhow::Result<()> {
+pub fn run(
+    config: &Config,
+    progress: ProgressTx,
+    claims: Claims,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let topic = config.kafka.topic.clone();
     let mut store = Store::open(&config.db, &topic, OpenMode::CreateIfMissing)
         .with_context(|| format!("cannot open database {}", config.db.display()))?;
@@ -339,6 +364,7 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
         progress,
         client_log: ClientLog::new(),
         stopped: Mutex::new(BTreeMap::new()),
+        claims,
     };
     let mut member = config
         .kafka
@@ -346,21 +372,14 @@ pub fn run(config: &Config, progress: ProgressTx, stop: CancellationToken) -> an
     if let Some(url) = &config.advertise_url {
         member.set("client.id", crate::peers::client_id(url));
     }
-    let consumer: BaseConsumer<Ctx> = member
+    member
         .set(
             "statistics.interval.ms",
             STATS_INTERVAL.as_millis().to_string(),
         )
-        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
-        .set(
-            "queued.min.messages",
-            config.queued_min_messages.to_string(),
-        )
-        .set("fetch.max.bytes", config.fetch_max_bytes.to_string())
-        .set(
-            "fetch.message.max.bytes",
-            config.fetch_max_bytes.min(1 << 20).to_string(),
-        )
+        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string());
+    let consumer: BaseConsumer<Ctx> = config
+        .fetch_limits(&mut member)
         .create_with_context(ctx)
         .context("cannot create the Kafka consumer")?;
     consumer

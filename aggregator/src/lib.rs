@@ -14,6 +14,7 @@ pub mod consumer;
 pub mod instruments;
 pub mod peers;
 pub mod progress;
+pub mod standby;
 pub mod status;
 
 #[cfg(test)]
@@ -33,6 +34,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Runs the aggregator until `shutdown` resolves or the consumer fails.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if config.standby && config.advertise_url.is_none() {
+        anyhow::bail!(
+            "--standby needs --advertise-url: a standby folds into a database of its own, \
+             which only members that forward reads have"
+        );
+    }
     config.kafka.ensure_topic().await?;
     let reader = Store::open(&config.db, &config.kafka.topic, OpenMode::CreateIfMissing)
         .with_context(|| format!("cannot open database {}", config.db.display()))?;
@@ -58,9 +65,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(%addr, "aggregator API listening");
     let server = tokio::spawn(server);
+    let claims = standby::Claims::default();
+    if config.standby {
+        let (config, claims, stop) = (config.clone(), claims.clone(), stop.clone());
+        let progress = progress_tx.subscribe();
+        std::thread::Builder::new()
+            .name("standby".into())
+            .spawn(move || {
+                if let Err(e) = standby::run(&config, claims, progress, stop) {
+                    tracing::error!("standby stopped: {e:#}; owned partitions go on");
+                }
+            })
+            .context("cannot start the standby thread")?;
+    }
     let mut consumer = tokio::task::spawn_blocking({
         let stop = stop.clone();
-        move || consumer::run(&config, progress_tx, stop)
+        move || consumer::run(&config, progress_tx, claims, stop)
     });
     let result = tokio::select! {
         _ = shutdown => {

@@ -188,3 +188,89 @@ fn every_member_answers_every_key_through_kills_joins_and_leaves() {
         acked.truth.acknowledged
     );
 }
+
+/// A warm standby (issue 16, item 3): `b` follows the partitions `a` owns into its own
+/// database while `a` serves them, so when `a` dies `b` starts them from near their end. Shown
+/// here: `b`'s database holds every acknowledged record of `a`'s partitions before the kill
+/// (the standby followed them), and after `a` is killed under load every key read through `b`
+/// equals the ground truth, losses and doubles counted apart (the standby's commits and the
+/// takeover never apply a record twice or skip one). How much sooner it is exact is measured
+/// by `failover-bench` (BENCHMARKS.md).
+#[test]
+fn a_standby_takes_a_dead_members_partitions_over_exactly() {
+    let p = Pipeline::new(PARTITIONS);
+    let mut a = p.member("a");
+    let ingest = p.ingest(&[]);
+    let b = p.member_with("b", &["--standby"]);
+    let acked = Arc::new(Mutex::new(Acked::default()));
+
+    let l = start_load(&ingest.base, &acked, "warm");
+    std::thread::sleep(Duration::from_secs(4));
+    l.finish();
+    let owned_by_a: Vec<i32> = owned(&a.base);
+    assert!(
+        !owned_by_a.is_empty() && owned_by_a.len() < PARTITIONS as usize,
+        "a and b share the partitions: a owns {owned_by_a:?}"
+    );
+    {
+        let acked = acked.lock().unwrap();
+        let c = http();
+        let warm = tally_testkit::wait_for(
+            "b's standby to fold a's partitions",
+            Duration::from_secs(60),
+            || {
+                let stored = tally_testkit::client::offsets(&c, &b.base)?;
+                owned_by_a
+                    .iter()
+                    .all(|p| {
+                        acked
+                            .truth
+                            .max_offsets
+                            .get(p)
+                            .is_none_or(|o| stored.get(p).is_some_and(|n| n > o))
+                    })
+                    .then_some(stored)
+            },
+        );
+        assert!(
+            owned_by_a
+                .iter()
+                .any(|p| warm.get(p).is_some_and(|n| *n > 0)),
+            "b's database holds a's partitions: {warm:?}"
+        );
+        let (lost, doubled, forwarded) = check(&b, &acked);
+        assert_eq!((lost, doubled), (0, 0), "lost/doubled through b, a alive");
+        assert!(forwarded > 0, "b forwards a's keys while a owns them");
+    }
+
+    let l = start_load(&ingest.base, &acked, "takeover");
+    std::thread::sleep(Duration::from_secs(1));
+    a.proc.kill();
+    std::thread::sleep(Duration::from_secs(4));
+    l.finish();
+    let acked = acked.lock().unwrap();
+    let (lost, doubled, forwarded) = check(&b, &acked);
+    assert_eq!(
+        (lost, doubled),
+        (0, 0),
+        "lost/doubled through b after a died"
+    );
+    assert_eq!(forwarded, 0, "b owns every partition now");
+}
+
+/// Partitions a member owns now: those its `/offsets` gives a log end for.
+fn owned(base: &str) -> Vec<i32> {
+    let v: Value = http()
+        .get(format!("{base}/offsets"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !p["log_end"].is_null())
+        .map(|p| p["partition"].as_i64().unwrap() as i32)
+        .collect()
+}

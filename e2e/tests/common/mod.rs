@@ -70,10 +70,17 @@ impl Pipeline {
     /// An aggregator with a database of its own, `NAME.db`, that advertises its URL to the
     /// group so that reads of keys other members own are forwarded to them.
     pub fn member(&self, name: &str) -> Service {
+        self.member_with(name, &[])
+    }
+
+    /// [`Pipeline::member`] with more flags (`--standby`).
+    pub fn member_with(&self, name: &str, extra: &[&str]) -> Service {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let db = self.dir.path().join(format!("{name}.db"));
-        self.aggregator_on(&db, port, &["--advertise-url", &url])
+        let mut args = vec!["--advertise-url", &url];
+        args.extend(extra);
+        self.aggregator_on(&db, port, &args)
     }
 
     fn aggregator_on(&self, db: &std::path::Path, port: u16, extra: &[&str]) -> Service {

@@ -1,0 +1,317 @@
+//! Warm standby (`--standby`): besides the partitions the group gives this process, it follows
+//! every other partition of the topic into its own database, outside the group and at low
+//! priority, so that a partition moving here (its owner died or left) has little left to fold.
+//!
+//! What is shared with the group member is only the database and [`Claims`], the set of
+//! partitions the member owns now. The standby never folds a claimed partition, and the two
+//! never race for one: the member claims partitions *before* it reads their stored offsets,
+//! and the standby drops claimed partitions (their pending work too) and commits under the same
+//! lock. So the member starts a partition from what the standby committed, and the standby
+//! never commits over a partition the member took. Even if that were broken, the
+//! compare-and-set on the stored offset would fence the second writer: nothing is applied
+//! twice either way.
+//!
+//! Low priority: the standby's thread runs at nice [`NICE`] (librdkafka's threads, created on
+//! it, inherit that), commits at most every [`COMMIT_EVERY`] and fetches with a long wait, so
+//! on a busy host the owned partitions get the cores first. Its reads of partitions it does not
+//! own are never served: reads are routed to the owner ([`crate::api`]).
+//!
+//! What must not live here: anything the owned partitions depend on. A standby that fails
+//! logs why and stops following; the member goes on.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use tally_pipeline::applier::Applier;
+use tally_pipeline::fold::Folded;
+use tally_pipeline::kafka::{partitions_of, record_of};
+use tally_pipeline::kafka_log::ClientLog;
+use tally_pipeline::store::{OpenMode, Store};
+use tally_pipeline::topic::judge_position;
+use tokio_util::sync::CancellationToken;
+
+use crate::progress::ProgressRx;
+use crate::Config;
+
+/// Niceness of the standby's thread (and of librdkafka's threads it creates).
+pub const NICE: i32 = 10;
+/// Longest gap between two standby commits.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+/// How often the followed set is compared with the claims and the topic's partitions.
+const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// How often the topic's partition count is read again.
+const METADATA_EVERY: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Fetch wait: the standby is behind by design, so it asks for fewer, larger fetches.
+const FETCH_WAIT_MS: &str = "500";
+
+/// Partitions the group member of this process owns now. Lock it across claiming and reading
+/// the stored offsets (the member) or across dropping claimed partitions and committing (the
+/// standby).
+#[derive(Clone, Default)]
+pub struct Claims(Arc<Mutex<BTreeSet<i32>>>);
+
+impl Claims {
+    pub fn lock(&self) -> MutexGuard<'_, BTreeSet<i32>> {
+        // The set is only ever inserted into or removed from whole: a panic cannot leave it
+        // half-changed.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Ctx(ClientLog);
+
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.0.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.error(&error, reason);
+    }
+}
+
+impl ConsumerContext for Ctx {}
+
+/// Follows the partitions this process does not own until `stop`. Waits until the member has
+/// joined (it opened the database first and checked the topic), and does nothing when the
+/// member refused the topic.
+pub fn run(
+    config: &Config,
+    claims: Claims,
+    mut progress: ProgressRx,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    lower_priority();
+    while !progress.borrow_and_update().joined {
+        if stop.is_cancelled() || progress.borrow().refused.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
+    if progress.borrow().refused.is_some() {
+        return Ok(());
+    }
+    let topic = config.kafka.topic.clone();
+    let mut store = Store::open(&config.db, &topic, OpenMode::Existing)
+        .with_context(|| format!("standby cannot open database {}", config.db.display()))?;
+    store.bind_idempotency_window(config.idempotency_window())?;
+    let mut reader = config.kafka.reader();
+    reader.set("fetch.wait.max.ms", FETCH_WAIT_MS);
+    let consumer: BaseConsumer<Ctx> = config
+        .fetch_limits(&mut reader)
+        .create_with_context(Ctx(ClientLog::new()))
+        .context("cannot create the standby's Kafka reader")?;
+    let mut s = Standby {
+        topic,
+        consumer,
+        applier: Applier::new(store),
+        claims,
+        partitions: Vec::new(),
+        unreadable: BTreeSet::new(),
+    };
+    tracing::info!(
+        nice = NICE,
+        "standby following the partitions other members own"
+    );
+    let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
+    let mut last_metadata = Instant::now() - METADATA_EVERY;
+    let mut last_commit = Instant::now();
+    while !stop.is_cancelled() {
+        if last_metadata.elapsed() >= METADATA_EVERY {
+            match partitions_of(&s.consumer, &s.topic, TIMEOUT) {
+                Ok(ps) => s.partitions = ps,
+                Err(e) => tracing::warn!(error = %e, "standby cannot read the topic's partitions"),
+            }
+            last_metadata = Instant::now();
+        }
+        if last_reconcile.elapsed() >= RECONCILE_EVERY {
+            s.reconcile()?;
+            last_reconcile = Instant::now();
+        }
+        s.poll_once();
+        if s.applier.has_work()
+            && (last_commit.elapsed() >= COMMIT_EVERY
+                || s.applier.pending_records() >= config.max_pending_records)
+        {
+            s.commit();
+            last_commit = Instant::now();
+        }
+    }
+    s.commit();
+    Ok(())
+}
+
+struct Standby {
+    topic: String,
+    consumer: BaseConsumer<Ctx>,
+    applier: Applier,
+    claims: Claims,
+    /// The topic's partitions, as last read.
+    partitions: Vec<i32>,
+    /// Partitions whose stored offset the log does not cover; the member reports them when it
+    /// owns one, the standby only leaves them alone.
+    unreadable: BTreeSet<i32>,
+}
+
+impl Standby {
+    /// Follows every partition that is neither claimed nor unreadable; drops the others with
+    /// their pending work.
+    fn reconcile(&mut self) -> anyhow::Result<()> {
+        let claims = self.claims.clone();
+        let claimed = claims.lock();
+        let followed: BTreeSet<i32> = self.applier.owned().collect();
+        let want: BTreeSet<i32> = self
+            .partitions
+            .iter()
+            .copied()
+            .filter(|p| !claimed.contains(p) && !self.unreadable.contains(p))
+            .collect();
+        let drop: Vec<i32> = followed.difference(&want).copied().collect();
+        if !drop.is_empty() {
+            self.applier.discard(&drop);
+            let mut tpl = TopicPartitionList::new();
+            for p in &drop {
+                tpl.add_partition(&self.topic, *p);
+            }
+            self.consumer
+                .incremental_unassign(&tpl)
+                .context("standby cannot unassign partitions")?;
+            tracing::info!(partitions = ?drop, "standby stopped following (owned here now, or unreadable)");
+        }
+        let add: Vec<i32> = want.difference(&followed).copied().collect();
+        if !add.is_empty() {
+            let starts = self
+                .applier
+                .assign(&add)
+                .context("standby cannot read stored offsets")?;
+            let mut tpl = TopicPartitionList::new();
+            for (p, start) in &starts {
+                tpl.add_partition_offset(&self.topic, *p, Offset::Offset(start.unwrap_or(0)))?;
+            }
+            self.consumer
+                .incremental_assign(&tpl)
+                .context("standby cannot assign partitions")?;
+            for p in &add {
+                self.applier.positioned(*p);
+            }
+            tracing::info!(
+                ?starts,
+                "standby following partitions from their stored offsets"
+            );
+        }
+        Ok(())
+    }
+
+    fn poll_once(&mut self) {
+        match self.consumer.poll(POLL) {
+            Some(Ok(m)) => {
+                let (p, offset) = (m.partition(), m.offset());
+                match self.applier.fold(p, &record_of(&m)) {
+                    Ok(Folded::Gap) => {
+                        let at = self.applier.position(p);
+                        self.seek(p, at);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(partition = p, offset, error = %e, "standby cannot fold a record, will retry it");
+                        self.seek(p, Some(offset));
+                    }
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => self.advance_to_positions(),
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+            ))) => self.judge(),
+            Some(Err(e)) => tracing::debug!(error = %e, "standby reader error"),
+        }
+    }
+
+    /// Commits what was folded, after dropping partitions the member claimed meanwhile. A
+    /// failed or fenced commit only costs the standby its pending work.
+    fn commit(&mut self) {
+        let claims = self.claims.clone();
+        let claimed = claims.lock();
+        let taken: Vec<i32> = self
+            .applier
+            .owned()
+            .filter(|p| claimed.contains(p))
+            .collect();
+        self.applier.discard(&taken);
+        match self.applier.commit() {
+            Ok(r) => {
+                for (p, stored) in r.fenced {
+                    tracing::warn!(
+                        partition = p,
+                        ?stored,
+                        "standby commit fenced; following on from the stored offset"
+                    );
+                    self.seek(p, stored);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "standby commit failed, pending work kept"),
+        }
+    }
+
+    fn seek(&mut self, p: i32, to: Option<i64>) {
+        match self
+            .consumer
+            .seek(&self.topic, p, Offset::Offset(to.unwrap_or(0)), TIMEOUT)
+        {
+            Ok(()) => self.applier.positioned(p),
+            Err(e) => tracing::warn!(partition = p, error = %e, "standby seek failed"),
+        }
+    }
+
+    /// Moves each followed batch past markers its reader consumed (as the member does).
+    fn advance_to_positions(&mut self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for e in positions.elements_for_topic(&self.topic) {
+            if let Offset::Offset(o) = e.offset() {
+                self.applier.advance_to(e.partition(), o);
+            }
+        }
+    }
+
+    /// A start offset outside the log: the partitions the log does not cover are left alone.
+    fn judge(&mut self) {
+        let followed: Vec<i32> = self.applier.owned().collect();
+        for p in followed {
+            let next = self.applier.position(p).unwrap_or(0);
+            if let Ok((low, high)) = self.consumer.fetch_watermarks(&self.topic, p, TIMEOUT) {
+                if let Some(why) = judge_position(next, low, high) {
+                    tracing::warn!(
+                        partition = p,
+                        reason = why.reason(),
+                        "standby leaves a partition the log does not cover"
+                    );
+                    self.unreadable.insert(p);
+                }
+            }
+        }
+    }
+}
+
+/// Lowers this thread's priority; threads it creates inherit it. Failing to is only logged.
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // SAFETY: gettid(2) and setpriority(2) take plain integers and touch no memory of ours.
+    let r = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, NICE)
+    };
+    if r != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "standby cannot lower its priority");
+    }
+}
