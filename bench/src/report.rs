@@ -49,6 +49,12 @@ pub fn run_and_record(cfg: Config, out: Option<&Path>) -> anyhow::Result<bool> {
         &sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         &sh("git", &["rev-parse", "--short", "HEAD"]),
     );
+    print_and_append(&md, out)?;
+    Ok(res.exact())
+}
+
+/// Prints a run's section and appends it to `out` (BENCHMARKS.md) when given.
+pub fn print_and_append(md: &str, out: Option<&Path>) -> anyhow::Result<()> {
     println!("{md}");
     if let Some(out) = out {
         use std::io::Write;
@@ -58,5 +64,5 @@ pub fn run_and_record(cfg: Config, out: Option<&Path>) -> anyhow::Result<bool> {
             .open(out)?;
         writeln!(f, "\n{md}")?;
     }
-    Ok(res.exact())
+    Ok(())
 }

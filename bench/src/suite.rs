@@ -589,22 +589,8 @@ async fn raw_produce(
     let value = encode_value(1);
     for i in 0..n {
         let key = record_key(i.wrapping_mul(2_654_435_761), keys);
-        let delivery = loop {
-            match producer.send_result(
-                FutureRecord::to(&kafka.topic)
-                    .key(key.as_bytes())
-                    .payload(&value),
-            ) {
-                Ok(d) => break d,
-                Err((e, _))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => bail!("raw produce failed: {e}"),
-            }
-        };
+        let delivery =
+            crate::produce::send(&producer, &kafka.topic, key.as_bytes(), &value).await?;
         pending.push((key, delivery));
     }
     for (key, d) in pending {

@@ -37,14 +37,6 @@ fn main() -> anyhow::Result<()> {
         &tally_bench::report::sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         &tally_bench::report::sh("git", &["rev-parse", "--short", "HEAD"]),
     );
-    println!("{md}");
-    if let Some(out) = cli.out {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(out)?;
-        writeln!(f, "\n{md}")?;
-    }
+    tally_bench::report::print_and_append(&md, cli.out.as_deref())?;
     Ok(())
 }
