@@ -4,7 +4,8 @@
 //!
 //! With a database per aggregator ([`Forward`]), `GET /sums/{key}` is answered by the owner of
 //! the key's partition: another member forwards it there (the owner is read from the group,
-//! [`crate::peers`]), query and all, so read-your-writes tokens work through any member.
+//! [`crate::peers`]), query and all, so read-your-writes tokens work through any member; a
+//! listing by prefix is gathered from every owner ([`listing`]).
 //!
 //! Read-your-writes: `GET /sums/{key}?min_offset=P:O` answers once partition P's committed next
 //! offset is above O. It waits on the consumer's watch channel ([`crate::progress`]) when this
@@ -25,6 +26,8 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::progress::ProgressRx;
+
+mod listing;
 
 /// How often a read waiting on a partition another process owns checks SQLite.
 pub const FOREIGN_POLL: Duration = Duration::from_millis(50);
@@ -147,9 +150,14 @@ pub fn routes(
         });
     let list = warp::path!("sums")
         .and(warp::get())
-        .and(warp::query::<ListQuery>())
+        .and(warp::query::<listing::ListQuery>())
+        .and(warp::header::optional::<String>(FORWARDED_FROM))
         .and(with.clone())
-        .and_then(|q, a| async move { list_sums(q, a).await.map_err(warp::reject::custom) });
+        .and_then(|q, from: Option<String>, a| async move {
+            listing::list_sums(q, from.is_some(), a)
+                .await
+                .map_err(warp::reject::custom)
+        });
     let offsets = warp::path!("offsets")
         .and(warp::get())
         .and(with.clone())
@@ -394,42 +402,6 @@ async fn wait_past(
             _ = tokio::time::sleep_until(until) => check_store = true,
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    prefix: Option<String>,
-    limit: Option<usize>,
-    after: Option<String>,
-}
-
-#[derive(Serialize)]
-struct ListBody {
-    sums: Vec<SumBody>,
-    /// Pass as `after` for the next page; `null` on the last page.
-    next_after: Option<String>,
-}
-
-async fn list_sums(q: ListQuery, api: Api) -> Result<Response, ApiError> {
-    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
-    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_LIST_LIMIT}"),
-        ));
-    }
-    let prefix = q.prefix.unwrap_or_default();
-    let after = q.after;
-    let rows = api
-        .reader
-        .read(move |s| s.list_sums(&prefix, after.as_deref(), limit))
-        .await?;
-    let next_after = (rows.len() == limit).then(|| rows[rows.len() - 1].0.clone());
-    let sums = rows
-        .into_iter()
-        .map(|(key, sum)| SumBody { key, sum })
-        .collect();
-    Ok(json(StatusCode::OK, &ListBody { sums, next_after }))
 }
 
 #[derive(Serialize)]

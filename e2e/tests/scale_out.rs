@@ -128,6 +128,69 @@ fn check(member: &Service, acked: &Acked) -> (i64, i64, usize) {
     (lost, doubled, forwarded)
 }
 
+/// Lists every key through `member` in pages of 7 (so pages merge several owners' rows),
+/// retrying a page while the group rebalances (503); returns (lost, doubled) against the
+/// ground truth, keys the truth lacks counting as doubled.
+fn check_listing(member: &Service, acked: &Acked) -> (i64, i64) {
+    let c = http();
+    let mut listed: BTreeMap<String, i64> = BTreeMap::new();
+    let mut after: Option<String> = None;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut q = vec![("limit", "7".to_owned())];
+        q.extend(after.clone().map(|a| ("after", a)));
+        let r = c
+            .get(format!("{}/sums", member.base))
+            .query(&q)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().unwrap();
+        match status {
+            200 => {}
+            503 if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            _ => panic!("{}: GET /sums: {status} {body}", member.base),
+        }
+        for e in body["sums"].as_array().unwrap() {
+            let key = e["key"].as_str().unwrap().to_owned();
+            assert!(
+                listed
+                    .insert(key.clone(), e["sum"].as_i64().unwrap())
+                    .is_none(),
+                "{key} listed twice"
+            );
+        }
+        match body["next_after"].as_str() {
+            Some(a) => after = Some(a.to_owned()),
+            None => break,
+        }
+    }
+    let (mut lost, mut doubled) = (0, 0);
+    for (key, want) in &acked.truth.sums {
+        let got = listed.remove(key).unwrap_or(0);
+        lost += (want - got).max(0);
+        doubled += (got - want).max(0);
+    }
+    doubled += listed.values().map(|v| v.abs()).sum::<i64>();
+    (lost, doubled)
+}
+
+/// Every key read one by one, and the whole listing, through `member` equal the ground truth.
+fn assert_exact_through(member: &Service, acked: &Acked) {
+    let (lost, doubled, _) = check(member, acked);
+    assert_eq!(
+        (lost, doubled),
+        (0, 0),
+        "lost/doubled through {}",
+        member.base
+    );
+    let (lost, doubled) = check_listing(member, acked);
+    assert_eq!((lost, doubled), (0, 0), "listing through {}", member.base);
+}
+
 #[test]
 fn every_member_answers_every_key_through_kills_joins_and_leaves() {
     let p = Pipeline::new(PARTITIONS);
@@ -148,6 +211,10 @@ fn every_member_answers_every_key_through_kills_joins_and_leaves() {
         let (la, da, fa) = check(&a, &acked);
         let (lb, db, fb) = check(&b, &acked);
         assert_eq!((la, da, lb, db), (0, 0, 0, 0), "lost/doubled through a, b");
+        for m in [&a, &b] {
+            let (lost, doubled) = check_listing(m, &acked);
+            assert_eq!((lost, doubled), (0, 0), "listing through {}", m.base);
+        }
         assert!(
             fa > 0 && fb > 0,
             "each member forwarded some reads ({fa}, {fb})"
@@ -165,8 +232,7 @@ fn every_member_answers_every_key_through_kills_joins_and_leaves() {
     {
         let acked = acked.lock().unwrap();
         for m in [&a, &b, &c] {
-            let (lost, doubled, _) = check(m, &acked);
-            assert_eq!((lost, doubled), (0, 0), "lost/doubled through {}", m.base);
+            assert_exact_through(m, &acked);
         }
     }
 
@@ -179,8 +245,7 @@ fn every_member_answers_every_key_through_kills_joins_and_leaves() {
     l.finish();
     let acked = acked.lock().unwrap();
     for m in [&b, &c] {
-        let (lost, doubled, _) = check(m, &acked);
-        assert_eq!((lost, doubled), (0, 0), "lost/doubled through {}", m.base);
+        assert_exact_through(m, &acked);
     }
     assert!(
         acked.truth.acknowledged > 100,

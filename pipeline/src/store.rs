@@ -463,10 +463,22 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, i64)>> {
+        self.list_sums_of(prefix, after, limit, |_| true)
+    }
+
+    /// [`Store::list_sums`] over the rows of the partitions `include` accepts only (a member
+    /// answering for the partitions it owns, while its database also holds others).
+    pub fn list_sums_of(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        include: impl Fn(i32) -> bool,
+    ) -> Result<Vec<(String, i64)>> {
         // Keys compare as bytes (BINARY collation), so the keys with a prefix are one range
         // starting at the prefix; the range scan stops at the first key without it.
         let mut stmt = self.conn.prepare_cached(
-            "SELECT key, sum FROM sums WHERE key >= ?1 AND (?2 IS NULL OR key > ?2)
+            "SELECT key, sum, partition FROM sums WHERE key >= ?1 AND (?2 IS NULL OR key > ?2)
              ORDER BY key, partition",
         )?;
         let mut rows = stmt.query(params![prefix, after])?;
@@ -475,6 +487,9 @@ impl Store {
             let key: String = row.get(0)?;
             if !key.starts_with(prefix) {
                 break;
+            }
+            if !include(row.get(2)?) {
+                continue;
             }
             let sum = row.get::<_, i64>(1)? as i128;
             if let Some((_, total)) = out.last_mut().filter(|(k, _)| *k == key) {
@@ -957,6 +972,9 @@ mod tests {
         assert_eq!(page, vec![("a:3".into(), 3)]);
         assert_eq!(s.list_sums("", None, 10).unwrap().len(), 5);
         assert!(s.list_sums("c", None, 10).unwrap().is_empty());
+        // Partition 1's row of a:2 only, when only partition 1 is asked for.
+        let only1 = s.list_sums_of("a:", None, 10, |p| p == 1).unwrap();
+        assert_eq!(only1, vec![("a:2".into(), 10)]);
         assert_eq!(s.rejected_count().unwrap(), 0);
     }
 
