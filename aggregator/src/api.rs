@@ -15,11 +15,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tally_http::{json, ApiError};
-use tally_pipeline::store::{RejectedRow, Store};
+use tally_pipeline::store::Store;
 use tokio::time::Instant;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -27,7 +26,9 @@ use warp::{Filter, Reply};
 
 use crate::progress::ProgressRx;
 
+mod gather;
 mod listing;
+mod rejected;
 
 /// How often a read waiting on a partition another process owns checks SQLite.
 pub const FOREIGN_POLL: Duration = Duration::from_millis(50);
@@ -164,9 +165,14 @@ pub fn routes(
         .and_then(|a| async move { get_offsets(a).await.map_err(warp::reject::custom) });
     let rejected = warp::path!("rejected")
         .and(warp::get())
-        .and(warp::query::<RejectedQuery>())
+        .and(warp::query::<rejected::RejectedQuery>())
+        .and(warp::header::optional::<String>(FORWARDED_FROM))
         .and(with.clone())
-        .and_then(|q, a| async move { get_rejected(q, a).await.map_err(warp::reject::custom) });
+        .and_then(|q, from: Option<String>, a| async move {
+            rejected::get_rejected(q, from.is_some(), a)
+                .await
+                .map_err(warp::reject::custom)
+        });
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with.clone())
@@ -444,73 +450,6 @@ async fn get_offsets(api: Api) -> Result<Response, ApiError> {
         &OffsetsBody {
             partitions,
             total_lag,
-        },
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-struct RejectedQuery {
-    after: Option<String>,
-    limit: Option<usize>,
-}
-
-#[derive(Serialize)]
-struct RejectedRecord {
-    partition: i32,
-    offset: i64,
-    reason: String,
-    /// The raw record key and value, base64 (standard alphabet); `null` when absent.
-    key_base64: Option<String>,
-    value_base64: Option<String>,
-}
-
-#[derive(Serialize)]
-struct RejectedBody {
-    /// All quarantined records of the topic, not only this page.
-    count: u64,
-    records: Vec<RejectedRecord>,
-    /// Pass as `after` for the next page; `null` on the last page.
-    next_after: Option<String>,
-}
-
-async fn get_rejected(q: RejectedQuery, api: Api) -> Result<Response, ApiError> {
-    let after = q
-        .after
-        .as_deref()
-        .map(|a| position("after", a))
-        .transpose()?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
-    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_LIST_LIMIT}"),
-        ));
-    }
-    let (count, rows) = api
-        .reader
-        .read(move |s| Ok((s.rejected_count()?, s.rejected(after, limit)?)))
-        .await?;
-    let next_after = (rows.len() == limit).then(|| {
-        let last = &rows[rows.len() - 1];
-        format!("{}:{}", last.partition, last.offset)
-    });
-    let b64 = |b: Option<Vec<u8>>| b.map(|b| base64::engine::general_purpose::STANDARD.encode(b));
-    let records = rows
-        .into_iter()
-        .map(|r: RejectedRow| RejectedRecord {
-            partition: r.partition,
-            offset: r.offset,
-            reason: r.reason,
-            key_base64: b64(r.key),
-            value_base64: b64(r.value),
-        })
-        .collect();
-    Ok(json(
-        StatusCode::OK,
-        &RejectedBody {
-            count,
-            records,
-            next_after,
         },
     ))
 }

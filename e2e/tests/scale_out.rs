@@ -178,6 +178,34 @@ fn check_listing(member: &Service, acked: &Acked) -> (i64, i64) {
     (lost, doubled)
 }
 
+/// Posts a request twice under one idempotency key, the second time with another value: the
+/// first counts (added to the ground truth), the second is quarantined. Returns where the
+/// second landed.
+fn reuse_an_idempotency_key(ingest: &str, acked: &Mutex<Acked>) -> (i32, i64) {
+    let c = http();
+    let mut landed = Vec::new();
+    for value in ["5", "6"] {
+        let r: Value = c
+            .post(format!("{ingest}/increment"))
+            .header("idempotency-key", "reused-once")
+            .form(&[("key", "q"), ("value", value)])
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let at = (
+            r["partition"].as_i64().unwrap() as i32,
+            r["offset"].as_i64().unwrap(),
+        );
+        let mut a = acked.lock().unwrap();
+        a.truth.landed(at.0, at.1);
+        a.partition_of.insert("q".into(), at.0);
+        landed.push(at);
+    }
+    acked.lock().unwrap().truth.add("q", 5);
+    landed[1]
+}
+
 /// Every key read one by one, and the whole listing, through `member` equal the ground truth.
 fn assert_exact_through(member: &Service, acked: &Acked) {
     let (lost, doubled, _) = check(member, acked);
@@ -202,6 +230,7 @@ fn every_member_answers_every_key_through_kills_joins_and_leaves() {
     let l = start_load(&ingest.base, &acked, "phase1");
     std::thread::sleep(Duration::from_secs(4));
     l.finish();
+    let quarantined = reuse_an_idempotency_key(&ingest.base, &acked);
     {
         let acked = acked.lock().unwrap();
         for (key, p_ingest) in &acked.partition_of {
@@ -219,6 +248,18 @@ fn every_member_answers_every_key_through_kills_joins_and_leaves() {
             fa > 0 && fb > 0,
             "each member forwarded some reads ({fa}, {fb})"
         );
+        // Only the owner's database holds the quarantined record; every member lists it.
+        for m in [&a, &b] {
+            let r: Value = http()
+                .get(format!("{}/rejected", m.base))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            assert_eq!(r["count"], 1, "{}: {r}", m.base);
+            assert_eq!(r["records"][0]["partition"], quarantined.0, "{r}");
+            assert_eq!(r["records"][0]["offset"], quarantined.1, "{r}");
+        }
     }
 
     // Under load: b is killed and restarted at once; c joins with an empty database.

@@ -429,30 +429,53 @@ impl Store {
 
     /// Quarantined records, in partition and offset order, after the given position.
     pub fn rejected(&self, after: Option<(i32, i64)>, limit: usize) -> Result<Vec<RejectedRow>> {
+        self.rejected_of(after, limit, |_| true)
+    }
+
+    /// [`Store::rejected`] of the partitions `include` accepts only.
+    pub fn rejected_of(
+        &self,
+        after: Option<(i32, i64)>,
+        limit: usize,
+        include: impl Fn(i32) -> bool,
+    ) -> Result<Vec<RejectedRow>> {
         let (p, o) = after.unwrap_or((i32::MIN, i64::MIN));
         let mut stmt = self.conn.prepare_cached(
             "SELECT partition, \"offset\", reason, key, value FROM rejected_records
              WHERE topic = ?1 AND (partition, \"offset\") > (?2, ?3)
-             ORDER BY partition, \"offset\" LIMIT ?4",
+             ORDER BY partition, \"offset\"",
         )?;
-        let rows = stmt.query_map(params![self.topic, p, o, limit as i64], |r| {
-            Ok(RejectedRow {
-                partition: r.get(0)?,
-                offset: r.get(1)?,
-                reason: r.get(2)?,
-                key: r.get(3)?,
-                value: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut rows = stmt.query(params![self.topic, p, o])?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(r) = rows.next()? else { break };
+            if include(r.get(0)?) {
+                out.push(RejectedRow {
+                    partition: r.get(0)?,
+                    offset: r.get(1)?,
+                    reason: r.get(2)?,
+                    key: r.get(3)?,
+                    value: r.get(4)?,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// How many records are quarantined for this topic.
     pub fn rejected_count(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT COUNT(*) FROM rejected_records WHERE topic = ?1")?
-            .query_row([&self.topic], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self.rejected_counts()?.values().sum())
+    }
+
+    /// How many records are quarantined, per partition.
+    pub fn rejected_counts(&self) -> Result<BTreeMap<i32, u64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT partition, COUNT(*) FROM rejected_records WHERE topic = ?1 GROUP BY partition",
+        )?;
+        let rows = stmt.query_map([&self.topic], |r| {
+            Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Keys starting with `prefix`, in byte order, strictly after `after` when given, at most

@@ -1,25 +1,16 @@
-//! `GET /sums?prefix=&after=&limit=`: sums by key prefix, in key order, in pages.
-//!
-//! With one shared database the page is read from it. With a database per member
-//! ([`super::Forward`]) no database holds every partition's current sums, so the listing is
-//! gathered: the member asked sends the same query to every owner in the group (itself
-//! included); each answers from its own database for the partitions it owns now, and says which
-//! those are. The pages are merged in key order. If the owners' answers do not cover every
-//! partition (a rebalance moved one meanwhile, or a partition has no owner), the listing is
-//! refused with 503 and `Retry-After` instead of being returned incomplete.
+//! `GET /sums?prefix=&after=&limit=`: sums by key prefix, in key order, in pages. With one
+//! shared database the page is read from it; with a database per member it is gathered from
+//! every owner ([`super::gather`]) and merged in key order.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tally_http::{json, ApiError};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{Api, Forward, DEFAULT_LIST_LIMIT, FORWARDED_FROM, MAX_LIST_LIMIT};
-
-/// How long a member waits for another's page.
-const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+use super::gather::{self, Owned};
+use super::{Api, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 
 #[derive(Debug, Deserialize)]
 pub(super) struct ListQuery {
@@ -39,9 +30,6 @@ struct Page {
     sums: Vec<Entry>,
     /// Pass as `after` for the next page; `null` on the last page.
     next_after: Option<String>,
-    /// In a member's answer to another member: the partitions it answered for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    partitions: Option<Vec<i32>>,
 }
 
 pub(super) async fn list_sums(
@@ -57,15 +45,26 @@ pub(super) async fn list_sums(
         ));
     }
     let prefix = q.prefix.unwrap_or_default();
-    let page = match &api.forward {
-        None => local(&api, prefix, q.after, limit, None).await?,
-        Some(_) if forwarded => {
-            let owned = api.progress.borrow().owned.clone();
-            local(&api, prefix, q.after, limit, Some(owned)).await?
-        }
-        Some(f) => gather(&api, f, prefix, q.after, limit).await?,
+    let after = q.after;
+    let Some(f) = &api.forward else {
+        return Ok(json(
+            StatusCode::OK,
+            &local(&api, prefix, after, limit, None).await?,
+        ));
     };
-    Ok(json(StatusCode::OK, &page))
+    if forwarded {
+        let owned = gather::owned(&api);
+        let body = local(&api, prefix, after, limit, Some(owned.clone())).await?;
+        let partitions = owned.into_iter().collect();
+        return Ok(json(StatusCode::OK, &Owned { body, partitions }));
+    }
+    let mut query = vec![("prefix", prefix.clone()), ("limit", limit.to_string())];
+    query.extend(after.clone().map(|a| ("after", a)));
+    let pages: Vec<Page> = gather::from_owners(&api, f, "/sums", &query, |owned| {
+        local(&api, prefix.clone(), after.clone(), limit, Some(owned))
+    })
+    .await?;
+    Ok(json(StatusCode::OK, &merge(pages, limit)))
 }
 
 /// A page from this member's database: every partition in it, or only `owned`.
@@ -76,84 +75,30 @@ async fn local(
     limit: usize,
     owned: Option<BTreeSet<i32>>,
 ) -> Result<Page, ApiError> {
-    let only = owned.clone();
     let rows = api
         .reader
         .read(move |s| {
             s.list_sums_of(&prefix, after.as_deref(), limit, |p| {
-                only.as_ref().is_none_or(|o| o.contains(&p))
+                owned.as_ref().is_none_or(|o| o.contains(&p))
             })
         })
         .await?;
     let next_after = (rows.len() == limit).then(|| rows[rows.len() - 1].0.clone());
-    Ok(Page {
-        sums: rows
-            .into_iter()
-            .map(|(key, sum)| Entry { key, sum })
-            .collect(),
-        next_after,
-        partitions: owned.map(|o| o.into_iter().collect()),
-    })
-}
-
-fn unavailable(code: &'static str, message: String) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
-}
-
-/// The page merged from every owner's page of the same query.
-async fn gather(
-    api: &Api,
-    f: &Forward,
-    prefix: String,
-    after: Option<String>,
-    limit: usize,
-) -> Result<Page, ApiError> {
-    let table = f.peers.table();
-    let Some(partitions) = table.partitions else {
-        return Err(unavailable(
-            "owner_unknown",
-            "the group's members have not been read yet".into(),
-        ));
-    };
-    let mut owners = BTreeSet::new();
-    for p in 0..partitions {
-        match table.owners.get(&p) {
-            Some(o) => owners.insert(o.clone()),
-            None => {
-                return Err(unavailable(
-                    "owner_unknown",
-                    format!(
-                        "partition {p} has no owner in the group now (a rebalance is under way)"
-                    ),
-                ))
-            }
-        };
-    }
-    let mut pages = Vec::with_capacity(owners.len());
-    for owner in owners {
-        let page = if owner == f.url {
-            let owned = api.progress.borrow().owned.clone();
-            local(api, prefix.clone(), after.clone(), limit, Some(owned)).await?
-        } else {
-            peer_page(f, &owner, &prefix, after.as_deref(), limit).await?
-        };
-        pages.push(page);
-    }
-    let covered: BTreeSet<i32> = pages
-        .iter()
-        .flat_map(|p| p.partitions.iter().flatten().copied())
+    let sums = rows
+        .into_iter()
+        .map(|(key, sum)| Entry { key, sum })
         .collect();
-    if let Some(p) = (0..partitions).find(|p| !covered.contains(p)) {
-        return Err(unavailable(
-            "owner_unknown",
-            format!("partition {p} moved while the listing was gathered; retry"),
-        ));
-    }
+    Ok(Page { sums, next_after })
+}
+
+/// The first `limit` keys of the owners' pages in key order; another page follows when one
+/// owner had more or the merge was cut.
+fn merge(pages: Vec<Page>, limit: usize) -> Page {
     let more = pages.iter().any(|p| p.next_after.is_some());
     let mut sums: Vec<Entry> = pages.into_iter().flat_map(|p| p.sums).collect();
     sums.sort_by(|a, b| a.key.cmp(&b.key));
-    // A key lives in one partition, so one owner; were it in two (a topic written with another
-    // partitioner), both rows are added, as one database adds them.
+    // A key lives in one partition, so with one owner; were it in two (a topic written with
+    // another partitioner), both rows are added, as one database adds them.
     sums.dedup_by(|later, first| {
         let same = later.key == first.key;
         if same {
@@ -166,41 +111,48 @@ async fn gather(
     let next_after = (cut || more)
         .then(|| sums.last().map(|e| e.key.clone()))
         .flatten();
-    Ok(Page {
-        sums,
-        next_after,
-        partitions: None,
-    })
+    Page { sums, next_after }
 }
 
-async fn peer_page(
-    f: &Forward,
-    owner: &str,
-    prefix: &str,
-    after: Option<&str>,
-    limit: usize,
-) -> Result<Page, ApiError> {
-    let unreachable = |e: reqwest::Error| {
-        tracing::warn!(%owner, error = %e, "cannot gather a listing page from a member");
-        unavailable(
-            "owner_unreachable",
-            format!("the member at {owner} did not answer"),
-        )
-    };
-    let mut query = vec![("prefix", prefix.to_owned()), ("limit", limit.to_string())];
-    if let Some(a) = after {
-        query.push(("after", a.to_owned()));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(keys: &[(&str, i64)], more: bool) -> Page {
+        Page {
+            sums: keys
+                .iter()
+                .map(|(k, s)| Entry {
+                    key: (*k).into(),
+                    sum: *s,
+                })
+                .collect(),
+            next_after: more.then(|| keys.last().unwrap().0.into()),
+        }
     }
-    f.client
-        .get(format!("{owner}/sums"))
-        .query(&query)
-        .header(FORWARDED_FROM, &f.url)
-        .timeout(PEER_TIMEOUT)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(unreachable)?
-        .json::<Page>()
-        .await
-        .map_err(unreachable)
+
+    fn keys(p: &Page) -> Vec<&str> {
+        p.sums.iter().map(|e| e.key.as_str()).collect()
+    }
+
+    #[test]
+    fn pages_merge_in_key_order_and_say_when_more_follow() {
+        let m = merge(
+            vec![
+                page(&[("b", 1), ("d", 2)], true),
+                page(&[("a", 3), ("c", 4)], false),
+            ],
+            3,
+        );
+        assert_eq!(keys(&m), ["a", "b", "c"]);
+        assert_eq!(m.next_after.as_deref(), Some("c"));
+        let m = merge(vec![page(&[("b", 1)], false), page(&[("a", 3)], false)], 3);
+        assert_eq!(keys(&m), ["a", "b"]);
+        assert_eq!(m.next_after, None);
+        // An owner with a full page means more may follow even when nothing was cut.
+        let m = merge(vec![page(&[("a", 1), ("b", 2)], true), page(&[], false)], 2);
+        assert_eq!(m.next_after.as_deref(), Some("b"));
+        let m = merge(vec![page(&[("a", 1)], false), page(&[("a", 2)], false)], 5);
+        assert_eq!((keys(&m), m.sums[0].sum), (vec!["a"], 3));
+    }
 }
