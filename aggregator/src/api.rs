@@ -29,6 +29,7 @@ use crate::progress::ProgressRx;
 mod gather;
 mod listing;
 mod rejected;
+mod top;
 
 /// How often a read waiting on a partition another process owns checks SQLite.
 pub const FOREIGN_POLL: Duration = Duration::from_millis(50);
@@ -132,7 +133,7 @@ impl Api {
 pub fn routes(
     api: Api,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
-    let status = crate::status::routes(api.reader.clone());
+    let status = crate::status::routes();
     let with = warp::any().map(move || api.clone());
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let sum = warp::path!("sums" / String)
@@ -173,6 +174,16 @@ pub fn routes(
                 .await
                 .map_err(warp::reject::custom)
         });
+    let top = warp::path!("top")
+        .and(warp::get())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and(warp::header::optional::<String>(FORWARDED_FROM))
+        .and(with.clone())
+        .and_then(|q, from: Option<String>, a| async move {
+            top::get_top(q, from.is_some(), a)
+                .await
+                .map_err(warp::reject::custom)
+        });
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with.clone())
@@ -189,6 +200,8 @@ pub fn routes(
         .or(offsets)
         .unify()
         .or(rejected)
+        .unify()
+        .or(top)
         .unify()
         .or(readyz)
         .unify()
@@ -534,6 +547,30 @@ mod tests {
             .await;
         let v = serde_json::from_slice(r.body()).unwrap_or(serde_json::Value::Null);
         (r.status().as_u16(), v)
+    }
+
+    #[tokio::test]
+    async fn top_lists_the_largest_sums_first_and_checks_its_limit() {
+        let (api, _tx) = api_with(&[("a", 3), ("b", 9), ("c", -1), ("a", 2)], 0);
+        let api = routes(api);
+        let r = warp::test::request().path("/top?limit=2").reply(&api).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.body(),
+            r#"{"keys":[{"key":"b","sum":9},{"key":"a","sum":5}]}"#
+        );
+        let r = warp::test::request().path("/top").reply(&api).await;
+        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(v["keys"].as_array().unwrap().len(), 3);
+        for bad in ["0", "-1", "x", "1001"] {
+            let r = warp::test::request()
+                .path(&format!("/top?limit={bad}"))
+                .reply(&api)
+                .await;
+            assert_eq!(r.status(), 400, "limit={bad}");
+            let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+            assert_eq!(v["error"]["code"], "invalid_limit");
+        }
     }
 
     #[tokio::test]

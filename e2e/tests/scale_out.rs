@@ -217,6 +217,32 @@ fn assert_exact_through(member: &Service, acked: &Acked) {
     );
     let (lost, doubled) = check_listing(member, acked);
     assert_eq!((lost, doubled), (0, 0), "listing through {}", member.base);
+    let mut want: Vec<(&String, &i64)> = acked.truth.sums.iter().collect();
+    want.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    let want: Vec<(String, i64)> = want
+        .into_iter()
+        .take(5)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let top: Value = tally_testkit::wait_for("/top", Duration::from_secs(30), || {
+        let r = http()
+            .get(format!("{}/top?limit=5", member.base))
+            .send()
+            .ok()?;
+        (r.status() == 200).then(|| r.json().ok()).flatten()
+    });
+    let got: Vec<(String, i64)> = top["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["key"].as_str().unwrap().to_owned(),
+                k["sum"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "/top through {}", member.base);
 }
 
 #[test]

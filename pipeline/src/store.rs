@@ -13,7 +13,7 @@
 //! lock every aggregator shares is never held long; a dead request left unpruned is ignored
 //! by the fold all the same.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -381,16 +381,36 @@ impl Store {
     /// (a float, so it never overflows); keys whose sums differ by less than a float's
     /// precision near 2^63 may come in either order.
     pub fn top_keys(&self, limit: usize) -> Result<Vec<(String, i64)>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT key FROM sums GROUP BY key ORDER BY TOTAL(sum) DESC, key LIMIT ?1",
-        )?;
+        self.top_keys_of(limit, None)
+    }
+
+    /// [`Store::top_keys`] over the rows of `partitions` only (all when `None`).
+    pub fn top_keys_of(
+        &self,
+        limit: usize,
+        partitions: Option<&BTreeSet<i32>>,
+    ) -> Result<Vec<(String, i64)>> {
+        // The set goes in as a JSON array (SQLite's json_each), one statement for any set.
+        let only =
+            partitions.map(|ps| serde_json::to_string(ps).expect("a set of integers serializes"));
+        let filter = "(?2 IS NULL OR partition IN (SELECT value FROM json_each(?2)))";
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT key FROM sums WHERE {filter} GROUP BY key ORDER BY TOTAL(sum) DESC, key LIMIT ?1"
+        ))?;
         let keys = stmt
-            .query_map([limit as i64], |r| r.get::<_, String>(0))?
+            .query_map(params![limit as i64, only], |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
+        let mut sum_of = self
+            .conn
+            .prepare_cached(&format!("SELECT sum FROM sums WHERE key = ?1 AND {filter}"))?;
         keys.into_iter()
             .map(|k| {
-                let sum = self.key_sum(&k)?.unwrap_or(0);
-                Ok((k, sum))
+                let mut total: i128 = 0;
+                let mut rows = sum_of.query(params![k, only])?;
+                while let Some(row) = rows.next()? {
+                    total += row.get::<_, i64>(0)? as i128;
+                }
+                Ok((k, total.clamp(i64::MIN as i128, i64::MAX as i128) as i64))
             })
             .collect()
     }
@@ -964,6 +984,11 @@ mod tests {
             ]
         );
         assert_eq!(s.top_keys(0).unwrap(), vec![]);
+        // Partition 1's rows only: its own part of "a".
+        assert_eq!(
+            s.top_keys_of(2, Some(&BTreeSet::from([1]))).unwrap(),
+            vec![("c".to_owned(), 7), ("a".to_owned(), 4)]
+        );
         assert_eq!(
             s.top_keys(10).unwrap().last().unwrap(),
             &("neg".to_owned(), -9)
