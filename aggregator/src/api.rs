@@ -426,6 +426,10 @@ async fn wait_past(
 #[derive(Serialize)]
 struct PartitionOffset {
     partition: i32,
+    /// Whether this process owns the partition now. With a database per member, the others
+    /// are partitions it owned before or follows as a standby: its database's view, not the
+    /// group's.
+    owned: bool,
     next_offset: i64,
     /// High watermark as last seen by this process's consumer; `null` unless it owns the
     /// partition and has seen it.
@@ -451,6 +455,7 @@ async fn get_offsets(api: Api) -> Result<Response, ApiError> {
         .into_iter()
         .map(|(partition, next_offset)| PartitionOffset {
             partition,
+            owned: progress.owned.contains(&partition),
             next_offset,
             log_end: progress.log_end.get(&partition).copied(),
             lag: progress.lag(partition, Some(next_offset)),
@@ -601,7 +606,7 @@ mod tests {
         let (_, v) = get(&api, "/offsets").await;
         assert_eq!(
             v,
-            serde_json::json!({"partitions":[{"partition":2,"next_offset":3,"log_end":null,"lag":null}],"total_lag":null})
+            serde_json::json!({"partitions":[{"partition":2,"owned":false,"next_offset":3,"log_end":null,"lag":null}],"total_lag":null})
         );
         tx.send_modify(|p| {
             p.owned.extend([2, 5]);
@@ -609,6 +614,7 @@ mod tests {
         });
         let (_, v) = get(&api, "/offsets").await;
         assert_eq!(v["partitions"][0]["lag"], 7);
+        assert_eq!(v["partitions"][0]["owned"], true);
         assert_eq!(v["partitions"][0]["log_end"], 10);
         assert_eq!(v["partitions"][1]["partition"], 5);
         assert_eq!(v["partitions"][1]["next_offset"], 0);
