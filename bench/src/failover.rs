@@ -73,6 +73,7 @@ pub struct Outcome {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
+    pub profile: String,
     pub records: u64,
     pub keys: u64,
     pub partitions: i32,
@@ -111,6 +112,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
     let with_standby = failover(cfg, &broker, &topic, &log, true)?;
     eprintln!("failover with standby: {with_standby:?}");
     Ok(Results {
+        profile: cfg.profile.clone(),
         records: cfg.records,
         keys: cfg.keys,
         partitions: cfg.partitions,
@@ -398,12 +400,13 @@ fn check(
 pub fn markdown(r: &Results, machine: &str, date: &str, commit: &str) -> String {
     let mut s = format!(
         "## Failover run of {date}\n\nBroker: Apache Kafka {}, one KRaft node on this machine. \
-         Machine: {machine}. Commit: `{commit}`. Profile: release. A log of {} records over {} \
+         Machine: {machine}. Commit: `{commit}`. Profile: {}. A log of {} records over {} \
          keys and {} partitions, written once; for each mode a fresh group of two aggregators \
          `a` and `b`, each with its own database, `--session-timeout-ms {}`. When both had \
          folded what they fold, `a` was killed (SIGKILL, not restarted). Times in seconds from \
          the kill.\n\n",
         tally_testkit::broker::kafka_version(),
+        r.profile,
         r.records,
         r.keys,
         r.partitions,
