@@ -22,6 +22,7 @@ use tally_pipeline::kafka::KafkaArgs;
 use tally_pipeline::partition::partition_for;
 use tally_pipeline::record::encode_value;
 use tally_testkit::broker::Broker;
+use tally_testkit::client::Drift;
 use tally_testkit::process::Proc;
 use tally_testkit::{free_port, unique};
 
@@ -361,19 +362,7 @@ fn check(
             None => break,
         }
     }
-    let (mut lost, mut doubled) = (0, 0);
-    let mut tally = |want: i64, have: i64| {
-        lost += (want - have).max(0);
-        doubled += (have - want).max(0);
-    };
-    for (k, want) in &log.sums {
-        tally(*want, got.get(k).copied().unwrap_or(0));
-    }
-    for (k, have) in &got {
-        if !log.sums.contains_key(k) {
-            tally(0, *have);
-        }
-    }
+    let mut drift = Drift::between(&log.sums, &got);
     let mut one_by_one = 0;
     for (k, want) in &log.sums {
         if one_by_one == 500 {
@@ -390,10 +379,10 @@ fn check(
                 .as_i64()
                 .context("sum")?
         };
-        tally(*want, have);
+        drift.add(*want, have);
         one_by_one += 1;
     }
-    Ok((got.len() + one_by_one, lost, doubled))
+    Ok((got.len() + one_by_one, drift.lost, drift.doubled))
 }
 
 /// BENCHMARKS.md's section for one run.

@@ -74,13 +74,11 @@ fn now_ms() -> i64 {
 /// Keys whose served sum is below (lost) or above (doubled) the truth, counted apart.
 fn losses_and_doubles(base: &str, truth: &GroundTruth) -> (i64, i64) {
     let c = http();
-    let (mut lost, mut doubled) = (0, 0);
+    let mut d = tally_testkit::client::Drift::default();
     for (k, want) in &truth.sums {
-        let got = tally_testkit::client::sum(&c, base, k).unwrap_or(0);
-        lost += (want - got).max(0);
-        doubled += (got - want).max(0);
+        d.add(*want, tally_testkit::client::sum(&c, base, k).unwrap_or(0));
     }
-    (lost, doubled)
+    (d.lost, d.doubled)
 }
 
 #[test]

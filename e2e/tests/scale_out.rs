@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{Pipeline, Service};
 use serde_json::Value;
-use tally_testkit::client::{http, GroundTruth};
+use tally_testkit::client::{http, Drift, GroundTruth};
 
 const KEYS: usize = 60;
 const PARTITIONS: i32 = 6;
@@ -94,7 +94,7 @@ impl Load {
 /// (504); returns (lost, doubled, answers served by another member).
 fn check(member: &Service, acked: &Acked) -> (i64, i64, usize) {
     let c = http();
-    let (mut lost, mut doubled, mut forwarded) = (0, 0, 0);
+    let (mut drift, mut forwarded) = (Drift::default(), 0);
     for (key, want) in &acked.truth.sums {
         let p = acked.partition_of[key];
         let token = format!("{p}:{}", acked.truth.max_offsets[&p]);
@@ -119,13 +119,12 @@ fn check(member: &Service, acked: &Acked) -> (i64, i64, usize) {
                 _ => panic!("{}: GET {key}: {status} {body}", member.base),
             }
         };
-        lost += (want - got).max(0);
-        doubled += (got - want).max(0);
+        drift.add(*want, got);
         if served_by.is_some_and(|s| s != member.base) {
             forwarded += 1;
         }
     }
-    (lost, doubled, forwarded)
+    (drift.lost, drift.doubled, forwarded)
 }
 
 /// Lists every key through `member` in pages of 7 (so pages merge several owners' rows),
@@ -168,14 +167,8 @@ fn check_listing(member: &Service, acked: &Acked) -> (i64, i64) {
             None => break,
         }
     }
-    let (mut lost, mut doubled) = (0, 0);
-    for (key, want) in &acked.truth.sums {
-        let got = listed.remove(key).unwrap_or(0);
-        lost += (want - got).max(0);
-        doubled += (got - want).max(0);
-    }
-    doubled += listed.values().map(|v| v.abs()).sum::<i64>();
-    (lost, doubled)
+    let d = Drift::between(&acked.truth.sums, &listed);
+    (d.lost, d.doubled)
 }
 
 /// Posts a request twice under one idempotency key, the second time with another value: the

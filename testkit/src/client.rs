@@ -92,3 +92,54 @@ pub fn sum(client: &reqwest::blocking::Client, base: &str, key: &str) -> Option<
         s => panic!("GET /sums/{key}: status {s}"),
     }
 }
+
+/// Increments lost and increments counted twice, kept apart so that one cannot hide the other.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drift {
+    pub lost: i64,
+    pub doubled: i64,
+}
+
+impl Drift {
+    /// One key: what `got` lacks of `want` is lost, what it has beyond it is doubled.
+    pub fn add(&mut self, want: i64, got: i64) {
+        self.lost += (want - got).max(0);
+        self.doubled += (got - want).max(0);
+    }
+
+    /// Every key of `want` against `got` (a missing key counts as 0); a key only `got` has
+    /// was never acknowledged, so all of it counts as doubled.
+    pub fn between(want: &BTreeMap<String, i64>, got: &BTreeMap<String, i64>) -> Drift {
+        let mut d = Drift::default();
+        for (k, w) in want {
+            d.add(*w, got.get(k).copied().unwrap_or(0));
+        }
+        for (k, g) in got {
+            if !want.contains_key(k) {
+                d.doubled += g.abs();
+            }
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_and_doubles_are_counted_apart() {
+        let want: BTreeMap<String, i64> =
+            [("a".into(), 5), ("b".into(), 3), ("c".into(), 1)].into();
+        let got: BTreeMap<String, i64> =
+            [("a".into(), 7), ("b".into(), 1), ("x".into(), -4)].into();
+        // a: 2 doubled; b: 2 lost; c: missing, 1 lost; x: never acknowledged, 4 doubled.
+        assert_eq!(
+            Drift::between(&want, &got),
+            Drift {
+                lost: 3,
+                doubled: 6
+            }
+        );
+    }
+}
