@@ -36,6 +36,12 @@ pub const STOPPED: &str = "tally_partition_stopped";
 pub const TOPIC_RECREATED: &str = "tally_topic_recreated";
 /// Offsets passed without a record (transaction markers, aborted records), by partition.
 pub const SKIPPED_OFFSETS: &str = "tally_skipped_offsets_total";
+/// The standby's per-partition commit outcomes (`committed`, `fenced`); with `--standby` a
+/// fenced one means the standby and the member both folded a partition, which the claims
+/// exclude ([`crate::standby`]).
+pub const STANDBY_COMMITS: &str = "tally_standby_partition_commits_total";
+/// Partitions the standby follows now.
+pub const STANDBY_PARTITIONS: &str = "tally_standby_partitions";
 
 /// Installs the process-wide recorder (once) and returns the handle that renders it. A second
 /// call (tests running several aggregators in one process) gets a detached handle.
@@ -117,4 +123,18 @@ pub fn skipped_offsets(partition: i32, n: u64) {
     if n > 0 {
         counter!(SKIPPED_OFFSETS, "partition" => partition.to_string()).increment(n);
     }
+}
+
+pub fn standby_committed(r: &CommitReport) {
+    for (p, _) in &r.committed {
+        counter!(STANDBY_COMMITS, "partition" => p.to_string(), "outcome" => "committed")
+            .increment(1);
+    }
+    for (p, _) in &r.fenced {
+        counter!(STANDBY_COMMITS, "partition" => p.to_string(), "outcome" => "fenced").increment(1);
+    }
+}
+
+pub fn standby_partitions(n: usize) {
+    gauge!(STANDBY_PARTITIONS).set(n as f64);
 }

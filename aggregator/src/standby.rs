@@ -38,6 +38,7 @@ use tally_pipeline::store::{OpenMode, Store};
 use tally_pipeline::topic::judge_position;
 use tokio_util::sync::CancellationToken;
 
+use crate::instruments;
 use crate::progress::ProgressRx;
 use crate::Config;
 
@@ -209,6 +210,7 @@ impl Standby {
                 "standby following partitions from their stored offsets"
             );
         }
+        instruments::standby_partitions(self.applier.owned().count());
         Ok(())
     }
 
@@ -249,6 +251,7 @@ impl Standby {
         self.applier.discard(&taken);
         match self.applier.commit() {
             Ok(r) => {
+                instruments::standby_committed(&r);
                 for (p, stored) in r.fenced {
                     tracing::warn!(
                         partition = p,

@@ -381,6 +381,28 @@ fn a_standby_takes_a_dead_members_partitions_over_exactly() {
         "lost/doubled through b after a died"
     );
     assert_eq!(forwarded, 0, "b owns every partition now");
+    // The member took the partitions over from what its standby had committed, and the
+    // standby gave them up before committing again: neither fenced the other (both folding a
+    // partition would fence the slower one's commits: the compare-and-set keeps that exact,
+    // the claims keep it from happening).
+    let metrics = http()
+        .get(format!("{}/metrics", b.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for name in [
+        "tally_partition_commits_total",
+        "tally_standby_partition_commits_total",
+    ] {
+        let lines: Vec<&str> = metrics.lines().filter(|l| l.starts_with(name)).collect();
+        assert!(
+            lines.iter().any(|l| l.contains("\"committed\"")),
+            "{name} has commits: {lines:?}"
+        );
+        let fenced: Vec<&&str> = lines.iter().filter(|l| l.contains("fenced")).collect();
+        assert!(fenced.is_empty(), "{name}: {fenced:?}");
+    }
 }
 
 /// Partitions a member owns now, as its `/offsets` says.
