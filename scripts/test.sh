@@ -8,13 +8,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Tools the tests need (they fail, never skip, without them): Java and Maven for Kafka,
 # Chromium for the status page, systemd-analyze for the units, hadolint for the Dockerfile,
-# HAProxy for the cluster run.
+# HAProxy for the cluster run, iproute2 for hosts in network namespaces (e2e hosts.rs and the
+# cluster run; both need root).
 missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v haproxy >/dev/null || missing+=(haproxy)
+command -v ip >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update -qq

@@ -3,128 +3,28 @@
 //! restarted at once (as systemd would), a new member with an empty database joins, and one
 //! leaves for good; after each step every key read through every member, with the
 //! read-your-writes token of its last acknowledged write, equals the ground truth, losses and
-//! doubles counted apart. Ingest's partitioner and the members' routing agree
+//! doubles counted apart, one key at a time, in a listing gathered from every owner, in `/top`
+//! and `/rejected`. A warm standby takes a dead member's partitions over exactly. Ingest's
+//! partitioner and the members' routing agree
 //! (`tally_pipeline::partition::partition_for` against the partition ingest reported).
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::members::{check, start_load, Acked};
 use common::{Pipeline, Service};
 use serde_json::Value;
-use tally_testkit::client::{http, Drift, GroundTruth};
+use tally_testkit::client::{http, Drift};
 
-const KEYS: usize = 60;
 const PARTITIONS: i32 = 6;
 
-/// What the load learned: sums of acknowledged increments, and where each key lives.
-#[derive(Default)]
-struct Acked {
-    truth: GroundTruth,
-    partition_of: BTreeMap<String, i32>,
-}
-
-/// A client that POSTs increments with an idempotency key each, retried until acknowledged,
-/// until `stop`.
-fn load(ingest: &str, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, client: String) {
-    let c = http();
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let key = format!("k{}", (n as usize * 7 + client.len()) % KEYS);
-        let idem = format!("{client}-{n}");
-        let value = 1 + (n % 5) as i64;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let answer: Value = loop {
-            let r = c
-                .post(format!("{ingest}/increment"))
-                .header("idempotency-key", &idem)
-                .form(&[("key", key.as_str()), ("value", &value.to_string())])
-                .send();
-            match r {
-                Ok(r) if r.status() == 200 => break r.json().unwrap(),
-                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                other => panic!("increment not acknowledged within 60 s: {other:?}"),
-            }
-        };
-        let (p, o) = (
-            answer["partition"].as_i64().unwrap() as i32,
-            answer["offset"].as_i64().unwrap(),
-        );
-        let mut a = acked.lock().unwrap();
-        a.truth.add(&key, value);
-        a.truth.landed(p, o);
-        a.partition_of.insert(key, p);
-        n += 1;
-    }
-}
-
-struct Load {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-/// Three clients; `phase` keeps their idempotency keys apart from other phases' (a key used
-/// again for the same content would rightly count as a retry).
-fn start_load(ingest: &str, acked: &Arc<Mutex<Acked>>, phase: &str) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads = (0..3)
-        .map(|i| {
-            let (ingest, acked, stop) = (ingest.to_owned(), acked.clone(), stop.clone());
-            let client = format!("{phase}-{}", "c".repeat(i + 1));
-            std::thread::spawn(move || load(&ingest, acked, stop, client))
-        })
-        .collect();
-    Load { stop, threads }
-}
-
-impl Load {
-    fn finish(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-    }
-}
-
-/// Reads every key through `member` with the token of its partition's last acknowledged
-/// offset, retrying while the group is rebalancing (503) or the owner is still catching up
-/// (504); returns (lost, doubled, answers served by another member).
-fn check(member: &Service, acked: &Acked) -> (i64, i64, usize) {
-    let c = http();
-    let (mut drift, mut forwarded) = (Drift::default(), 0);
-    for (key, want) in &acked.truth.sums {
-        let p = acked.partition_of[key];
-        let token = format!("{p}:{}", acked.truth.max_offsets[&p]);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let (got, served_by) = loop {
-            let r = c
-                .get(format!("{}/sums/{key}", member.base))
-                .query(&[("min_offset", token.as_str()), ("wait_ms", "5000")])
-                .send()
-                .unwrap();
-            let status = r.status().as_u16();
-            let served_by = r
-                .headers()
-                .get("tally-served-by")
-                .map(|v| v.to_str().unwrap().to_owned());
-            let body: Value = r.json().unwrap();
-            match status {
-                200 => break (body["sum"].as_i64().unwrap(), served_by),
-                503 | 504 if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(200))
-                }
-                _ => panic!("{}: GET {key}: {status} {body}", member.base),
-            }
-        };
-        drift.add(*want, got);
-        if served_by.is_some_and(|s| s != member.base) {
-            forwarded += 1;
-        }
-    }
-    (drift.lost, drift.doubled, forwarded)
+/// Reads every key through `member`: (lost, doubled, answers served by another member).
+fn check_member(member: &Service, acked: &Acked) -> (i64, i64, usize) {
+    let r = check(&member.base, acked);
+    (r.lost, r.doubled, r.forwarded)
 }
 
 /// Lists every key through `member` in pages of 7 (so pages merge several owners' rows),
@@ -193,6 +93,7 @@ fn reuse_an_idempotency_key(ingest: &str, acked: &Mutex<Acked>) -> (i32, i64) {
         let mut a = acked.lock().unwrap();
         a.truth.landed(at.0, at.1);
         a.partition_of.insert("q".into(), at.0);
+        a.last_offset.insert("q".into(), at.1);
         landed.push(at);
     }
     acked.lock().unwrap().truth.add("q", 5);
@@ -201,7 +102,7 @@ fn reuse_an_idempotency_key(ingest: &str, acked: &Mutex<Acked>) -> (i32, i64) {
 
 /// Every key read one by one, and the whole listing, through `member` equal the ground truth.
 fn assert_exact_through(member: &Service, acked: &Acked) {
-    let (lost, doubled, _) = check(member, acked);
+    let (lost, doubled, _) = check_member(member, acked);
     assert_eq!(
         (lost, doubled),
         (0, 0),
@@ -256,8 +157,8 @@ fn every_member_answers_every_key_through_kills_joins_and_leaves() {
             let routed = tally_pipeline::partition::partition_for(key.as_bytes(), PARTITIONS);
             assert_eq!(routed, *p_ingest, "{key}: ingest and routing disagree");
         }
-        let (la, da, fa) = check(&a, &acked);
-        let (lb, db, fb) = check(&b, &acked);
+        let (la, da, fa) = check_member(&a, &acked);
+        let (lb, db, fb) = check_member(&b, &acked);
         assert_eq!((la, da, lb, db), (0, 0, 0, 0), "lost/doubled through a, b");
         for m in [&a, &b] {
             let (lost, doubled) = check_listing(m, &acked);
@@ -363,7 +264,7 @@ fn a_standby_takes_a_dead_members_partitions_over_exactly() {
                 .any(|p| warm.get(p).is_some_and(|n| *n > 0)),
             "b's database holds a's partitions: {warm:?}"
         );
-        let (lost, doubled, forwarded) = check(&b, &acked);
+        let (lost, doubled, forwarded) = check_member(&b, &acked);
         assert_eq!((lost, doubled), (0, 0), "lost/doubled through b, a alive");
         assert!(forwarded > 0, "b forwards a's keys while a owns them");
     }
@@ -374,7 +275,7 @@ fn a_standby_takes_a_dead_members_partitions_over_exactly() {
     std::thread::sleep(Duration::from_secs(4));
     l.finish();
     let acked = acked.lock().unwrap();
-    let (lost, doubled, forwarded) = check(&b, &acked);
+    let (lost, doubled, forwarded) = check_member(&b, &acked);
     assert_eq!(
         (lost, doubled),
         (0, 0),

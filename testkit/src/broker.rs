@@ -400,12 +400,18 @@ impl Broker {
     }
 
     pub fn start_with(opts: KafkaOptions) -> Broker {
+        Broker::start_on(NodeSpec::local(1), opts)
+    }
+
+    /// One node where `spec` says: on an address of [`crate::netns`]'s bridge, say, so that
+    /// processes in the namespaces reach it (and one cut off does not).
+    pub fn start_on(spec: NodeSpec, opts: KafkaOptions) -> Broker {
         Broker {
-            nodes: Nodes::start(vec![NodeSpec::local(1)], opts, "tally-kafka-"),
+            nodes: Nodes::start(vec![spec], opts, "tally-kafka-"),
         }
     }
 
-    /// `127.0.0.1:PORT`, for `--brokers`.
+    /// `HOST:PORT` (`127.0.0.1:PORT` unless started elsewhere), for `--brokers`.
     pub fn addr(&self) -> String {
         self.nodes.bootstrap()
     }

@@ -158,6 +158,12 @@ impl Net {
         net
     }
 
+    /// The root namespace's address on the bridge (`SUBNET.1`): what listens there is reached
+    /// by every host not cut off.
+    pub fn bridge_addr(&self) -> String {
+        format!("{SUBNET}.1")
+    }
+
     /// Cuts host `i` off: its link to the bridge goes down, so it reaches neither the other
     /// hosts nor anything in the root namespace, and nothing reaches it.
     pub fn isolate(&self, i: usize) {

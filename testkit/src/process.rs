@@ -34,7 +34,30 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin(name)` with `args` and `envs`, logging to `log_dir/NAME.log`.
     pub fn start(name: &str, args: &[String], envs: &[(&str, String)], log_dir: &Path) -> Proc {
-        let mut cmd = Command::new(bin(name));
+        Proc::launch(Command::new(bin(name)), name, args, envs, log_dir)
+    }
+
+    /// Like [`Proc::start`], inside network namespace `netns` (`ip netns exec`, which execs the
+    /// binary itself: signals reach it, not a wrapper).
+    pub fn start_in(
+        netns: &str,
+        name: &str,
+        args: &[String],
+        envs: &[(&str, String)],
+        log_dir: &Path,
+    ) -> Proc {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(bin(name));
+        Proc::launch(cmd, name, args, envs, log_dir)
+    }
+
+    fn launch(
+        mut cmd: Command,
+        name: &str,
+        args: &[String],
+        envs: &[(&str, String)],
+        log_dir: &Path,
+    ) -> Proc {
         cmd.args(args)
             .env(
                 "RUST_LOG",

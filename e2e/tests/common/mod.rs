@@ -1,12 +1,15 @@
 //! A pipeline under test: broker, ingest and aggregators as processes, in one temp directory.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+pub mod members;
+
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
 use tally_testkit::broker::Broker;
 use tally_testkit::client::{caught_up, http, offsets, GroundTruth};
+use tally_testkit::netns::Host;
 use tally_testkit::process::{bin, Proc};
 use tally_testkit::{free_port, unique, wait_for};
 
@@ -25,8 +28,13 @@ pub struct Service {
 
 impl Pipeline {
     pub fn new(partitions: i32) -> Pipeline {
+        Pipeline::on(Broker::start(), partitions)
+    }
+
+    /// A pipeline on a broker the test started (on a bridge address, say).
+    pub fn on(broker: Broker, partitions: i32) -> Pipeline {
         Pipeline {
-            broker: Broker::start(),
+            broker,
             topic: unique("increments"),
             group: unique("group"),
             partitions,
@@ -83,7 +91,28 @@ impl Pipeline {
         self.aggregator_on(&db, port, &args)
     }
 
-    fn aggregator_on(&self, db: &std::path::Path, port: u16, extra: &[&str]) -> Service {
+    fn aggregator_on(&self, db: &Path, port: u16, extra: &[&str]) -> Service {
+        self.aggregator_at(None, "127.0.0.1", port, db, extra)
+    }
+
+    /// A member as a host of its own: an aggregator in `host`'s network namespace with the
+    /// database `db` (on a directory the test owns), listening on and advertising
+    /// `http://ADDR:8081`.
+    pub fn member_on(&self, host: &Host, db: &Path, extra: &[&str]) -> Service {
+        let url = format!("http://{}:8081", host.addr);
+        let mut args = vec!["--advertise-url", url.as_str()];
+        args.extend_from_slice(extra);
+        self.aggregator_at(Some(&host.netns), &host.addr, 8081, db, &args)
+    }
+
+    fn aggregator_at(
+        &self,
+        netns: Option<&str>,
+        addr: &str,
+        port: u16,
+        db: &Path,
+        extra: &[&str],
+    ) -> Service {
         let mut args = self.common();
         args.extend([
             "--group".into(),
@@ -91,13 +120,16 @@ impl Pipeline {
             "--db".into(),
             db.display().to_string(),
             "--listen".into(),
-            format!("127.0.0.1:{port}"),
+            format!("{addr}:{port}"),
             "--session-timeout-ms".into(),
             "6000".into(),
         ]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::start("aggregator", &args, &[], self.dir.path());
-        let base = format!("http://127.0.0.1:{port}");
+        let proc = match netns {
+            Some(ns) => Proc::start_in(ns, "aggregator", &args, &[], self.dir.path()),
+            None => Proc::start("aggregator", &args, &[], self.dir.path()),
+        };
+        let base = format!("http://{addr}:{port}");
         wait_healthy(&base, &proc);
         Service { proc, base }
     }

@@ -1,0 +1,151 @@
+//! Load with ground truth, and reads of every key through one member of a group whose members
+//! keep a database each: what `scale_out.rs` (members on loopback) and `hosts.rs` (members as
+//! hosts in network namespaces) both check.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tally_testkit::client::{http, Drift, GroundTruth};
+
+/// Distinct counter keys the load writes.
+pub const KEYS: usize = 60;
+
+/// What the load learned: sums of acknowledged increments, where each key lives, and the
+/// highest acknowledged offset of each key (its read-your-writes token).
+#[derive(Default, Clone)]
+pub struct Acked {
+    pub truth: GroundTruth,
+    pub partition_of: BTreeMap<String, i32>,
+    pub last_offset: BTreeMap<String, i64>,
+}
+
+/// A client that POSTs increments (one record each, with an idempotency key) retried until
+/// acknowledged, until `stop`.
+fn load(ingest: &str, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, client: String) {
+    let c = http();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("k{}", (n as usize * 7 + client.len()) % KEYS);
+        let idem = format!("{client}-{n}");
+        let value = 1 + (n % 5) as i64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let answer: Value = loop {
+            let r = c
+                .post(format!("{ingest}/increment"))
+                .header("idempotency-key", &idem)
+                .form(&[("key", key.as_str()), ("value", &value.to_string())])
+                .send();
+            match r {
+                Ok(r) if r.status() == 200 => break r.json().unwrap(),
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                other => panic!("increment not acknowledged within 60 s: {other:?}"),
+            }
+        };
+        let (p, o) = (
+            answer["partition"].as_i64().unwrap() as i32,
+            answer["offset"].as_i64().unwrap(),
+        );
+        let mut a = acked.lock().unwrap();
+        a.truth.add(&key, value);
+        a.truth.landed(p, o);
+        let last = a.last_offset.entry(key.clone()).or_insert(o);
+        *last = (*last).max(o);
+        a.partition_of.insert(key, p);
+        n += 1;
+    }
+}
+
+/// Clients writing until [`Load::finish`].
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Three clients; `phase` keeps their idempotency keys apart from other phases' (a key used
+/// again for the same content would rightly count as a retry).
+pub fn start_load(ingest: &str, acked: &Arc<Mutex<Acked>>, phase: &str) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = (0..3)
+        .map(|i| {
+            let (ingest, acked, stop) = (ingest.to_owned(), acked.clone(), stop.clone());
+            let client = format!("{phase}-{}", "c".repeat(i + 1));
+            std::thread::spawn(move || load(&ingest, acked, stop, client))
+        })
+        .collect();
+    Load { stop, threads }
+}
+
+impl Load {
+    /// Stops the clients and waits for their last requests.
+    pub fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// What reading every key through one member showed.
+pub struct Reads {
+    /// Acknowledged increments missing from the answers (summed over keys).
+    pub lost: i64,
+    /// Increments answered beyond the acknowledged ones (summed over keys).
+    pub doubled: i64,
+    /// Answers that `tally-served-by` says another member gave.
+    pub forwarded: usize,
+    /// Key → the URL that served it.
+    pub served_by: BTreeMap<String, String>,
+}
+
+/// Reads every key through the member at `base` with the token of the key's last acknowledged
+/// write (`min_offset=P:O`), retrying while the group is rebalancing or the owner cannot be
+/// reached (503) or is still catching up (504). A key the member does not know (404) counts
+/// as all its increments lost.
+pub fn check(base: &str, acked: &Acked) -> Reads {
+    let c = http();
+    let mut reads = Reads {
+        lost: 0,
+        doubled: 0,
+        forwarded: 0,
+        served_by: BTreeMap::new(),
+    };
+    for (key, want) in &acked.truth.sums {
+        let token = format!("{}:{}", acked.partition_of[key], acked.last_offset[key]);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let (got, served_by) = loop {
+            let r = c
+                .get(format!("{base}/sums/{key}"))
+                .query(&[("min_offset", token.as_str()), ("wait_ms", "5000")])
+                .send()
+                .unwrap_or_else(|e| panic!("{base}: GET {key}: {e}"));
+            let status = r.status().as_u16();
+            let served_by = r
+                .headers()
+                .get("tally-served-by")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = r.json().unwrap();
+            match status {
+                200 => break (body["sum"].as_i64().unwrap(), served_by),
+                404 => break (0, served_by),
+                503 | 504 if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                _ => panic!("{base}: GET {key}: {status} {body}"),
+            }
+        };
+        let mut d = Drift::default();
+        d.add(*want, got);
+        reads.lost += d.lost;
+        reads.doubled += d.doubled;
+        if let Some(s) = served_by {
+            if s != base {
+                reads.forwarded += 1;
+            }
+            reads.served_by.insert(key.clone(), s);
+        }
+    }
+    reads
+}
