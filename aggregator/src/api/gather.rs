@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tally_http::ApiError;
+use tally_http::{json, ApiError};
 use warp::http::StatusCode;
+use warp::reply::Response;
 
 use super::{Api, Forward, FORWARDED_FROM};
 
@@ -21,23 +22,52 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A member's answer for the partitions it owns, as it sends it to the member gathering.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct Owned<T> {
+struct Owned<T> {
     #[serde(flatten)]
-    pub body: T,
-    pub partitions: Vec<i32>,
+    body: T,
+    partitions: Vec<i32>,
 }
 
-pub(super) fn unavailable(code: &'static str, message: String) -> ApiError {
+fn unavailable(code: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
 }
 
 /// The partitions this member owns now.
-pub(super) fn owned(api: &Api) -> BTreeSet<i32> {
+fn owned(api: &Api) -> BTreeSet<i32> {
     api.progress.borrow().owned.clone()
 }
 
+/// Answers `GET {path}?{query}`, a read over many keys. `local` reads this member's database:
+/// all of it (`None`) when the database is shared (no forwarding); the partitions it owns when
+/// another member gathers (the answer then lists them); else every owner's answer, this
+/// member's included, goes to `merge`.
+pub(super) async fn answer<T, Fut>(
+    api: &Api,
+    forwarded: bool,
+    path: &str,
+    query: &[(&str, String)],
+    local: impl Fn(Option<BTreeSet<i32>>) -> Fut,
+    merge: impl FnOnce(Vec<T>) -> T,
+) -> Result<Response, ApiError>
+where
+    T: Serialize + DeserializeOwned,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let Some(f) = &api.forward else {
+        return Ok(json(StatusCode::OK, &local(None).await?));
+    };
+    if forwarded {
+        let mine = owned(api);
+        let body = local(Some(mine.clone())).await?;
+        let partitions = mine.into_iter().collect();
+        return Ok(json(StatusCode::OK, &Owned { body, partitions }));
+    }
+    let answers = from_owners(api, f, path, query, |o| local(Some(o))).await?;
+    Ok(json(StatusCode::OK, &merge(answers)))
+}
+
 /// Every owner's answer to `GET {path}?{query}`; `local` answers for this member's partitions.
-pub(super) async fn from_owners<T, Fut>(
+async fn from_owners<T, Fut>(
     api: &Api,
     f: &Forward,
     path: &str,

@@ -5,11 +5,10 @@
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-use tally_http::{json, ApiError};
-use warp::http::StatusCode;
+use tally_http::ApiError;
 use warp::reply::Response;
 
-use super::gather::{self, Owned};
+use super::gather;
 use super::{Api, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 
 #[derive(Debug, Deserialize)]
@@ -46,25 +45,13 @@ pub(super) async fn list_sums(
     }
     let prefix = q.prefix.unwrap_or_default();
     let after = q.after;
-    let Some(f) = &api.forward else {
-        return Ok(json(
-            StatusCode::OK,
-            &local(&api, prefix, after, limit, None).await?,
-        ));
-    };
-    if forwarded {
-        let owned = gather::owned(&api);
-        let body = local(&api, prefix, after, limit, Some(owned.clone())).await?;
-        let partitions = owned.into_iter().collect();
-        return Ok(json(StatusCode::OK, &Owned { body, partitions }));
-    }
     let mut query = vec![("prefix", prefix.clone()), ("limit", limit.to_string())];
     query.extend(after.clone().map(|a| ("after", a)));
-    let pages: Vec<Page> = gather::from_owners(&api, f, "/sums", &query, |owned| {
-        local(&api, prefix.clone(), after.clone(), limit, Some(owned))
+    let read = |owned| local(&api, prefix.clone(), after.clone(), limit, owned);
+    gather::answer(&api, forwarded, "/sums", &query, read, |pages| {
+        merge(pages, limit)
     })
-    .await?;
-    Ok(json(StatusCode::OK, &merge(pages, limit)))
+    .await
 }
 
 /// A page from this member's database: every partition in it, or only `owned`.

@@ -8,12 +8,11 @@ use std::collections::BTreeSet;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use tally_http::{json, ApiError};
+use tally_http::ApiError;
 use tally_pipeline::store::RejectedRow;
-use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::gather::{self, Owned};
+use super::gather;
 use super::{position, Api, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 
 #[derive(Debug, Deserialize)]
@@ -58,25 +57,13 @@ pub(super) async fn get_rejected(
             format!("limit must be between 1 and {MAX_LIST_LIMIT}"),
         ));
     }
-    let Some(f) = &api.forward else {
-        return Ok(json(
-            StatusCode::OK,
-            &local(&api, after, limit, None).await?,
-        ));
-    };
-    if forwarded {
-        let owned = gather::owned(&api);
-        let body = local(&api, after, limit, Some(owned.clone())).await?;
-        let partitions = owned.into_iter().collect();
-        return Ok(json(StatusCode::OK, &Owned { body, partitions }));
-    }
     let mut query = vec![("limit", limit.to_string())];
     query.extend(q.after.map(|a| ("after", a)));
-    let bodies: Vec<RejectedBody> = gather::from_owners(&api, f, "/rejected", &query, |owned| {
-        local(&api, after, limit, Some(owned))
+    let read = |owned| local(&api, after, limit, owned);
+    gather::answer(&api, forwarded, "/rejected", &query, read, |bodies| {
+        merge(bodies, limit)
     })
-    .await?;
-    Ok(json(StatusCode::OK, &merge(bodies, limit)))
+    .await
 }
 
 /// A page from this member's database: every partition in it, or only `owned`.

@@ -6,11 +6,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
-use tally_http::{json, ApiError};
-use warp::http::StatusCode;
+use tally_http::ApiError;
 use warp::reply::Response;
 
-use super::gather::{self, Owned};
+use super::gather;
 use super::Api;
 
 /// Keys `/top` lists when no `limit` is given, and the most it lists.
@@ -46,24 +45,20 @@ pub(super) async fn get_top(
                 )
             })?,
     };
-    let Some(f) = &api.forward else {
-        return Ok(json(StatusCode::OK, &local(&api, limit, None).await?));
-    };
-    if forwarded {
-        let owned = gather::owned(&api);
-        let body = local(&api, limit, Some(owned.clone())).await?;
-        let partitions = owned.into_iter().collect();
-        return Ok(json(StatusCode::OK, &Owned { body, partitions }));
-    }
     let query = [("limit", limit.to_string())];
-    let bodies: Vec<TopBody> = gather::from_owners(&api, f, "/top", &query, |owned| {
-        local(&api, limit, Some(owned))
+    let read = |owned| local(&api, limit, owned);
+    gather::answer(&api, forwarded, "/top", &query, read, |bodies| {
+        merge(bodies, limit)
     })
-    .await?;
+    .await
+}
+
+/// The first `limit` keys of the owners' rankings, largest sums first (ties by key).
+fn merge(bodies: Vec<TopBody>, limit: usize) -> TopBody {
     let mut keys: Vec<TopKey> = bodies.into_iter().flat_map(|b| b.keys).collect();
     keys.sort_by(|a, b| b.sum.cmp(&a.sum).then_with(|| a.key.cmp(&b.key)));
     keys.truncate(limit);
-    Ok(json(StatusCode::OK, &TopBody { keys }))
+    TopBody { keys }
 }
 
 async fn local(api: &Api, limit: usize, owned: Option<BTreeSet<i32>>) -> Result<TopBody, ApiError> {
