@@ -24,16 +24,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientContext;
 use tally_pipeline::applier::Applier;
 use tally_pipeline::fold::Folded;
 use tally_pipeline::kafka::{partitions_of, record_of};
-use tally_pipeline::kafka_log::ClientLog;
+use tally_pipeline::kafka_log::LoggingContext;
 use tally_pipeline::store::{OpenMode, Store};
 use tally_pipeline::topic::judge_position;
 use tokio_util::sync::CancellationToken;
@@ -69,20 +67,6 @@ impl Claims {
     }
 }
 
-struct Ctx(ClientLog);
-
-impl ClientContext for Ctx {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        self.0.log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.0.error(&error, reason);
-    }
-}
-
-impl ConsumerContext for Ctx {}
-
 /// Follows the partitions this process does not own until `stop`. Waits until the member has
 /// joined (it opened the database first and checked the topic), and does nothing when the
 /// member refused the topic.
@@ -108,9 +92,9 @@ pub fn run(
     store.bind_idempotency_window(config.idempotency_window())?;
     let mut reader = config.kafka.reader();
     reader.set("fetch.wait.max.ms", FETCH_WAIT_MS);
-    let consumer: BaseConsumer<Ctx> = config
+    let consumer: BaseConsumer<LoggingContext> = config
         .fetch_limits(&mut reader)
-        .create_with_context(Ctx(ClientLog::new()))
+        .create_with_context(LoggingContext::default())
         .context("cannot create the standby's Kafka reader")?;
     let mut s = Standby {
         topic,
@@ -154,7 +138,7 @@ pub fn run(
 
 struct Standby {
     topic: String,
-    consumer: BaseConsumer<Ctx>,
+    consumer: BaseConsumer<LoggingContext>,
     applier: Applier,
     claims: Claims,
     /// The topic's partitions, as last read.

@@ -161,7 +161,8 @@ impl ClientLog {
     }
 }
 
-/// A client context that only logs through a [`ClientLog`] (the admin client).
+/// A client context that only logs through a [`ClientLog`]: the admin client, and readers of
+/// assigned partitions (the replayer's, the aggregator's standby).
 #[derive(Debug, Default)]
 pub struct LoggingContext(pub ClientLog);
 

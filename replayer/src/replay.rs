@@ -11,16 +11,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientContext;
 use tally_pipeline::applier::Applier;
 use tally_pipeline::fold::Folded;
 use tally_pipeline::kafka::{partitions_of, KafkaArgs};
-use tally_pipeline::kafka_log::ClientLog;
+use tally_pipeline::kafka_log::LoggingContext;
 use tally_pipeline::topic::judge_position;
 
 use crate::positions::{From, To};
@@ -266,24 +264,9 @@ fn start_offset(
     }
 }
 
-/// The reader's client context: librdkafka's reports logged once, at their level
-/// ([`ClientLog`]; reaching a partition's end, how a replay finishes, is debug).
-#[derive(Default)]
-pub(crate) struct ReaderContext(ClientLog);
-
-impl ClientContext for ReaderContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        self.0.log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.0.error(&error, reason);
-    }
-}
-
-impl ConsumerContext for ReaderContext {}
-
-pub(crate) type Reader = BaseConsumer<ReaderContext>;
+/// A reader of assigned partitions; librdkafka's reports are logged once, at their level
+/// ([`LoggingContext`]; reaching a partition's end, how a replay finishes, is debug).
+pub(crate) type Reader = BaseConsumer<LoggingContext>;
 
 /// Most bytes one fetch response may carry. With librdkafka's 50 MB default, tansu answers the
 /// first fetch of a rebuild with the whole log in one response, so folding could not start
@@ -296,7 +279,7 @@ pub(crate) fn reader(kafka: &KafkaArgs) -> anyhow::Result<Reader> {
     kafka
         .reader()
         .set("fetch.max.bytes", FETCH_MAX_BYTES)
-        .create_with_context(ReaderContext::default())
+        .create_with_context(LoggingContext::default())
         .context("cannot create the Kafka reader")
 }
 
