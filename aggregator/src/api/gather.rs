@@ -1,9 +1,9 @@
 //! Reads no one database can answer when each member has its own: the member asked sends the
 //! same query to every owner in the group (itself included, without a round trip); each
 //! answers from its own database for the partitions it owns now and says which those are
-//! ([`Owned`]). If the answers do not cover every partition (a rebalance moved one meanwhile,
-//! or a partition has no owner), the read is refused with 503 and `Retry-After`, never
-//! answered incomplete. The caller merges the answers.
+//! ([`Owned`]). If the answers do not cover every partition exactly once (a rebalance moved one
+//! meanwhile, or a partition has no owner), the read is refused with 503 and `Retry-After`, never
+//! answered incomplete or with a partition counted twice. The caller merges the answers.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -95,20 +95,40 @@ where
         };
         owners.insert(o.clone());
     }
-    let mut covered = BTreeSet::new();
-    let mut answers = Vec::with_capacity(owners.len());
-    for owner in owners {
-        let answer = if owner == f.url {
+    // Every owner is asked at once; this member answers for itself without a round trip.
+    let local = &local;
+    let asked = owners.iter().map(|owner| async move {
+        if *owner == f.url {
             let mine = owned(api);
-            Owned {
+            Ok(Owned {
                 body: local(mine.clone()).await?,
                 partitions: mine.into_iter().collect(),
-            }
+            })
         } else {
-            ask(f, &owner, path, query).await?
-        };
-        covered.extend(answer.partitions);
-        answers.push(answer.body);
+            ask(f, owner, path, query).await
+        }
+    });
+    let owned_answers = futures::future::try_join_all(asked).await?;
+    let answers = covering(partitions, owned_answers)?;
+    Ok(answers)
+}
+
+/// The answers' bodies if they cover each of `partitions` exactly once. A partition claimed
+/// by two answers moved between them, and both hold its keys: merging them would count those
+/// keys twice, so the read is refused like a partition claimed by none.
+fn covering<T>(partitions: i32, answers: Vec<Owned<T>>) -> Result<Vec<T>, ApiError> {
+    let mut covered = BTreeSet::new();
+    let mut bodies = Vec::with_capacity(answers.len());
+    for answer in answers {
+        for p in answer.partitions {
+            if !covered.insert(p) {
+                return Err(unavailable(
+                    "owner_unknown",
+                    format!("partition {p} moved while the answer was gathered; retry"),
+                ));
+            }
+        }
+        bodies.push(answer.body);
     }
     if let Some(p) = (0..partitions).find(|p| !covered.contains(p)) {
         return Err(unavailable(
@@ -116,7 +136,7 @@ where
             format!("partition {p} moved while the answer was gathered; retry"),
         ));
     }
-    Ok(answers)
+    Ok(bodies)
 }
 
 async fn ask<T: DeserializeOwned>(
@@ -144,4 +164,27 @@ async fn ask<T: DeserializeOwned>(
         .json::<Owned<T>>()
         .await
         .map_err(unreachable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(partitions: &[i32]) -> Owned<()> {
+        Owned {
+            body: (),
+            partitions: partitions.to_vec(),
+        }
+    }
+
+    #[test]
+    fn answers_must_cover_each_partition_once() {
+        assert!(covering(4, vec![answer(&[0, 2]), answer(&[1, 3])]).is_ok());
+        // A partition no answer claims: a gap.
+        let gap = covering(4, vec![answer(&[0, 2]), answer(&[1])]).unwrap_err();
+        assert_eq!(gap.status, StatusCode::SERVICE_UNAVAILABLE);
+        // A partition two answers claim: it moved between them, and its keys would count twice.
+        let twice = covering(4, vec![answer(&[0, 1, 2]), answer(&[2, 3])]).unwrap_err();
+        assert_eq!(twice.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
 }
