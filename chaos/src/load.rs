@@ -1,9 +1,7 @@
-//! Clients with ground truth. Each client owns its keys; on a key, request `j` (the key's
-//! `j`-th, `j < 39`) sends the value `3^j` and carries a unique idempotency key, and a client
-//! retries it (same idempotency key) until ingest answers 200. A key's stored sum written in
-//! base 3 then says, digit by digit, how many times each request was counted: 0 for a lost one,
-//! 1 for exactly once, 2 for a double. A loss and a double on the same key cannot cancel out
-//! (with `+1` everywhere they did), and losses and doubles are counted apart
+//! Clients with ground truth. Each client owns its keys; on a key, request `j` sends the value
+//! `3^j` ([`tally_testkit::ledger`]) and carries a unique idempotency key, and the client
+//! retries it (same idempotency key) until ingest answers 200. The key's stored sum then says
+//! how many times each request was counted, so losses and doubles are counted apart
 //! ([`crate::check::tally`]). After 39 requests a key is retired and a fresh one takes its
 //! place.
 
@@ -17,21 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-/// Requests per key: `3^38 * 2` and the sum of all digits at 2 still fit an i64.
-pub const PER_KEY: u32 = 39;
-
-/// The value request `j` on a key sends.
-pub fn value(j: u32) -> i64 {
-    assert!(j < PER_KEY, "request {j} on one key: at most {PER_KEY}");
-    3i64.pow(j)
-}
-
-/// What was sent and acknowledged on one key: bit `j` for request `j`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct KeyLedger {
-    pub sent: u64,
-    pub acked: u64,
-}
+pub use tally_testkit::ledger::{value, KeyLedger, PER_KEY};
 
 #[derive(Debug, Default, Clone)]
 pub struct Truth {
@@ -65,12 +49,12 @@ impl Truth {
 
     /// Request `j` on `key` is about to be sent (once or more, with one idempotency key).
     pub fn sending(&mut self, key: &str, j: u32) {
-        self.keys.entry(key.to_owned()).or_default().sent |= 1 << j;
+        self.keys.entry(key.to_owned()).or_default().sending(j);
     }
 
     /// Request `j` on `key` got a 200 (`answer` is ingest's JSON: where it landed).
     pub fn acknowledged(&mut self, key: &str, j: u32, answer: &Value) {
-        self.keys.entry(key.to_owned()).or_default().acked |= 1 << j;
+        self.keys.entry(key.to_owned()).or_default().acknowledged(j);
         self.acknowledged += 1;
         if let (Some(p), Some(o)) = (answer["partition"].as_i64(), answer["offset"].as_i64()) {
             self.landed(p as i32, o);

@@ -13,7 +13,8 @@
 //!
 //! After each step the load stops and every key is read through every live member with the
 //! read-your-writes token of the key's last acknowledged write: each answer equals the ground
-//! truth, losses and doubles counted apart. Every member forwards some reads (the
+//! truth, losses and doubles counted apart request by request (request `j` on a key sends
+//! `3^j`, [`tally_testkit::ledger`]). Every member forwards some reads (the
 //! `tally-served-by` header names another member), so no member passes by folding everything;
 //! while a member is cut off, every key is answered without it, so its partitions did move.
 //! Namespaces and database directories are removed on every exit path (their guards' `Drop`;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::members::{check, start_load, Acked};
 use common::{Pipeline, Service};
 use serde_json::Value;
-use tally_testkit::client::{http, Drift};
+use tally_testkit::client::http;
 
 const PARTITIONS: i32 = 6;
 
@@ -29,7 +29,7 @@ fn check_member(member: &Service, acked: &Acked) -> (i64, i64, usize) {
 
 /// Lists every key through `member` in pages of 7 (so pages merge several owners' rows),
 /// retrying a page while the group rebalances (503); returns (lost, doubled) against the
-/// ground truth, keys the truth lacks counting as doubled.
+/// ground truth ([`Acked::drift_of`]).
 fn check_listing(member: &Service, acked: &Acked) -> (i64, i64) {
     let c = http();
     let mut listed: BTreeMap<String, i64> = BTreeMap::new();
@@ -67,8 +67,7 @@ fn check_listing(member: &Service, acked: &Acked) -> (i64, i64) {
             None => break,
         }
     }
-    let d = Drift::between(&acked.truth.sums, &listed);
-    (d.lost, d.doubled)
+    acked.drift_of(&listed)
 }
 
 /// Posts a request twice under one idempotency key, the second time with another value: the

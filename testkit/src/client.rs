@@ -93,7 +93,9 @@ pub fn sum(client: &reqwest::blocking::Client, base: &str, key: &str) -> Option<
     }
 }
 
-/// Increments lost and increments counted twice, kept apart so that one cannot hide the other.
+/// Increments lost and increments counted twice, summed apart over keys. Within one key a loss
+/// and a double of the same size cancel out; where the writer chooses the values,
+/// [`crate::ledger`] tells them apart request by request.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Drift {
     pub lost: i64,

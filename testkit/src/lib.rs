@@ -1,6 +1,8 @@
 //! Test support for Tally's end-to-end tests: a real Apache Kafka broker (one node, or a
-//! three-node KRaft cluster) per test on free ports with its own data directory ([`broker`]), Tally's binaries as child processes that can be killed
-//! and restarted ([`process`]), and HTTP helpers with ground-truth bookkeeping ([`client`]).
+//! three-node KRaft cluster) per test on free ports with its own data directory ([`broker`]),
+//! Tally's binaries as child processes that can be killed and restarted ([`process`]), HTTP
+//! helpers with ground-truth bookkeeping ([`client`]), and values that tell a loss from a
+//! double on one key ([`ledger`]).
 //!
 //! What must not live here: any Tally logic. Tests check the product through its processes and
 //! its HTTP API, so this crate depends on none of Tally's crates.
@@ -9,6 +11,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod ledger;
 pub mod netns;
 pub mod process;
 

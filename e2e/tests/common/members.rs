@@ -1,6 +1,8 @@
 //! Load with ground truth, and reads of every key through one member of a group whose members
 //! keep a database each: what `scale_out.rs` (members on loopback) and `hosts.rs` (members as
-//! hosts in network namespaces) both check.
+//! hosts in network namespaces) both check. Request `j` on a key sends `3^j`
+//! ([`tally_testkit::ledger`]), so a read tells, request by request, which were lost and
+//! which counted twice.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,17 +11,56 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tally_testkit::client::{http, Drift, GroundTruth};
+use tally_testkit::ledger::{self, Counted, KeyLedger, PER_KEY};
 
-/// Distinct counter keys the load writes.
-pub const KEYS: usize = 60;
+/// Keys each client writes at a time; a key is retired after [`PER_KEY`] requests.
+const SLOTS: u64 = 20;
 
-/// What the load learned: sums of acknowledged increments, where each key lives, and the
-/// highest acknowledged offset of each key (its read-your-writes token).
+/// What the load learned: sums of acknowledged increments, which requests were acknowledged
+/// on each key, where each key lives, and the highest acknowledged offset of each key (its
+/// read-your-writes token).
 #[derive(Default, Clone)]
 pub struct Acked {
     pub truth: GroundTruth,
+    pub ledgers: BTreeMap<String, KeyLedger>,
     pub partition_of: BTreeMap<String, i32>,
     pub last_offset: BTreeMap<String, i64>,
+}
+
+impl Acked {
+    /// What `got`, read for `key`, lost and doubled: request by request where the load wrote
+    /// the key, else by how far it is from `want`, the acknowledged sum.
+    pub fn drift(&self, key: &str, want: i64, got: i64) -> (i64, i64) {
+        match self.ledgers.get(key) {
+            Some(l) => {
+                let mut c = Counted::default();
+                c.count(*l, got);
+                (c.lost as i64, c.doubled as i64)
+            }
+            None => {
+                let mut d = Drift::default();
+                d.add(want, got);
+                (d.lost, d.doubled)
+            }
+        }
+    }
+
+    /// [`Acked::drift`] over every acknowledged key against `got` (a missing key holds 0); a
+    /// key only `got` has was never acknowledged, so all of it counts as doubled.
+    pub fn drift_of(&self, got: &BTreeMap<String, i64>) -> (i64, i64) {
+        let (mut lost, mut doubled) = (0, 0);
+        for (key, want) in &self.truth.sums {
+            let (l, d) = self.drift(key, *want, got.get(key).copied().unwrap_or(0));
+            lost += l;
+            doubled += d;
+        }
+        for (key, g) in got {
+            if !self.truth.sums.contains_key(key) {
+                doubled += g.abs();
+            }
+        }
+        (lost, doubled)
+    }
 }
 
 /// A client that POSTs increments (one record each, with an idempotency key) retried until
@@ -28,9 +69,14 @@ fn load(ingest: &str, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, client: S
     let c = http();
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let key = format!("k{}", (n as usize * 7 + client.len()) % KEYS);
+        let (slot, j, generation) = (
+            n % SLOTS,
+            (n / SLOTS % u64::from(PER_KEY)) as u32,
+            n / (SLOTS * u64::from(PER_KEY)),
+        );
+        let key = format!("{client}-{slot}-{generation}");
         let idem = format!("{client}-{n}");
-        let value = 1 + (n % 5) as i64;
+        let value = ledger::value(j);
         let deadline = Instant::now() + Duration::from_secs(60);
         let answer: Value = loop {
             let r = c
@@ -51,6 +97,7 @@ fn load(ingest: &str, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, client: S
         let mut a = acked.lock().unwrap();
         a.truth.add(&key, value);
         a.truth.landed(p, o);
+        a.ledgers.entry(key.clone()).or_default().acknowledged(j);
         let last = a.last_offset.entry(key.clone()).or_insert(o);
         *last = (*last).max(o);
         a.partition_of.insert(key, p);
@@ -64,8 +111,8 @@ pub struct Load {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Three clients; `phase` keeps their idempotency keys apart from other phases' (a key used
-/// again for the same content would rightly count as a retry).
+/// Three clients; `phase` keeps their keys and idempotency keys apart from other phases' (an
+/// idempotency key used again for the same content would rightly count as a retry).
 pub fn start_load(ingest: &str, acked: &Arc<Mutex<Acked>>, phase: &str) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let threads = (0..3)
@@ -90,9 +137,10 @@ impl Load {
 
 /// What reading every key through one member showed.
 pub struct Reads {
-    /// Acknowledged increments missing from the answers (summed over keys).
+    /// Acknowledged requests the answers do not count (request by request where the load
+    /// wrote the key, else the shortfall of its sum).
     pub lost: i64,
-    /// Increments answered beyond the acknowledged ones (summed over keys).
+    /// Counts beyond one of a request, likewise.
     pub doubled: i64,
     /// Answers that `tally-served-by` says another member gave.
     pub forwarded: usize,
@@ -136,10 +184,9 @@ pub fn check(base: &str, acked: &Acked) -> Reads {
                 _ => panic!("{base}: GET {key}: {status} {body}"),
             }
         };
-        let mut d = Drift::default();
-        d.add(*want, got);
-        reads.lost += d.lost;
-        reads.doubled += d.doubled;
+        let (lost, doubled) = acked.drift(key, *want, got);
+        reads.lost += lost;
+        reads.doubled += doubled;
         if let Some(s) = served_by {
             if s != base {
                 reads.forwarded += 1;
