@@ -122,6 +122,7 @@ impl KafkaArgs {
                 (session_timeout.as_millis() / 3).max(100).to_string(),
             )
             .set("partition.assignment.strategy", "range");
+        read_promptly(&mut c);
         c
     }
 
@@ -136,6 +137,7 @@ impl KafkaArgs {
             .set("auto.offset.reset", "error")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true");
+        read_promptly(&mut c);
         c
     }
 
@@ -194,6 +196,20 @@ pub const MEMBER_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 /// A group member's `max.poll.interval.ms` (default 300 s), raised to the session timeout when
 /// that is longer, as librdkafka requires.
 pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long librdkafka waits before it fetches a partition again once the partition's prefetch
+/// queue is over `queued.min.messages` (`fetch.queue.backoff.ms`, librdkafka's default 1000 ms).
+/// One fetch response of small records holds more than a bounded queue's limit (the
+/// aggregator's is 1000 records), so the queue is over it after every fetch, and with the
+/// default each partition was fetched about once a second: the aggregator folded a backlog at
+/// about 80k records/s and the replayer at 160k/s, both processes idle nine tenths of the time
+/// (BENCHMARKS.md, "Fetch backoff"). 10 ms brings both to the fold's own speed with the same
+/// peak memory, which the queue limits bound, not this wait; 0 spins and was slower.
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
+fn read_promptly(c: &mut ClientConfig) {
+    c.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+}
 
 /// A consumed message as the fold reads it: offset, key, value, timestamp, and its request
 /// header ([`crate::record::REQUEST_HEADER`], or the older [`crate::record::IDEMPOTENCY_HEADER`]).
