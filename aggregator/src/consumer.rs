@@ -62,6 +62,10 @@ use crate::Config;
 
 /// How long one `poll` may block; bounds the reaction time to stop and commit deadlines.
 const POLL: Duration = Duration::from_millis(20);
+/// Records the loop folds in a row before it looks at the stop, the clock and the commit
+/// again; a fraction of a millisecond under a backlog, and a poll that finds nothing ends a
+/// burst at once.
+const FOLD_BURST: u32 = 256;
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often librdkafka reports statistics (the log end offsets behind the lag).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -387,19 +391,32 @@ pub fn run(
         .with_context(|| format!("cannot subscribe to {topic}"))?;
     tracing::info!(group = %config.group, %topic, db = %config.db.display(), "consumer started");
 
+    let folds = instruments::FoldCounters::register();
     let mut last_commit = Instant::now();
     // A failed commit is retried on the commit interval only, not each time the queue drains.
     let mut last_ok = true;
     let mut paused = false;
-    while !stop.is_cancelled() {
-        if let Some(e) = consumer.context().fatal.lock().unwrap().take() {
-            return Err(e);
+    // Records folded in a row since the loop last looked at the stop, a fatal error, the clock
+    // and the commit: under a backlog it looks every FOLD_BURST records, not after each one
+    // (those locks and clock reads were a sixth of the fold loop's time at 1M records/s).
+    let mut burst = 0u32;
+    loop {
+        if burst == 0 {
+            if stop.is_cancelled() {
+                break;
+            }
+            if let Some(e) = consumer.context().fatal.lock().unwrap().take() {
+                return Err(e);
+            }
         }
         // Whether every record fetched so far has been folded (the last poll found none).
         let mut drained = false;
         if !paused {
-            // With work pending, wait for more records only until a drained commit is due.
-            let timeout = if last_ok && consumer.context().applier().has_work() {
+            // With work pending, wait for more records only until a drained commit is due; in a
+            // burst, not at all (a poll that finds nothing ends the burst).
+            let timeout = if burst > 0 {
+                Duration::ZERO
+            } else if last_ok && consumer.context().applier().has_work() {
                 config
                     .min_commit_interval()
                     .saturating_sub(last_commit.elapsed())
@@ -419,7 +436,7 @@ pub fn run(
                         .fold(p, &tally_pipeline::kafka::record_of(&m));
                     drop(m);
                     if let Ok(f) = &folded {
-                        instruments::folded(f);
+                        folds.folded(f);
                     }
                     match folded {
                         Ok(Folded::Gap) => {
@@ -427,7 +444,12 @@ pub fn run(
                             tracing::warn!(%topic, partition = p, offset, expected = ?pos, "gap in delivered offsets while not positioned, seeking back");
                             seek(&consumer, &topic, p, pos);
                         }
-                        Ok(_) => {}
+                        Ok(_) => {
+                            burst += 1;
+                            if burst < FOLD_BURST {
+                                continue;
+                            }
+                        }
                         Err(e) => {
                             tracing::warn!(%topic, partition = p, offset, error = %e, "cannot fold record, will retry it");
                             seek(&consumer, &topic, p, Some(offset));
@@ -468,6 +490,7 @@ pub fn run(
             // Keep servicing the group (heartbeats, rebalances) while paused.
             let _ = consumer.poll(POLL);
         }
+        burst = 0;
         let (pending, work) = {
             let applier = consumer.context().applier();
             (applier.pending_records(), applier.has_work())
