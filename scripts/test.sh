@@ -42,4 +42,5 @@ else
   echo "!!! cargo clippy is not installed on this machine: lints NOT checked !!!"
 fi
 cargo build --workspace --bins
-cargo test --workspace "$@"
+# Every test target runs even after one fails (--no-fail-fast); cargo still exits non-zero.
+cargo test --workspace --no-fail-fast "$@"

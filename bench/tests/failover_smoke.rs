@@ -2,7 +2,11 @@
 //! on a small log: after a member is killed, every key read through the survivor equals what
 //! the broker acknowledged, losses and doubles counted apart, with and without standbys; and
 //! with standbys the survivor's database already held the dead member's partitions (nothing
-//! left to fold), without them all of it.
+//! left to fold).
+//!
+//! How much the survivor has left to fold *without* standbys is a figure, not a guarantee: it
+//! depends on which partitions the survivor happened to own (and fold) before the group
+//! settled, which the schedule decides. The bench reports it; this test does not assert it.
 
 use tally_bench::failover::{run, Config};
 
@@ -22,6 +26,5 @@ fn the_survivor_is_exact_and_a_standby_leaves_nothing_to_fold() {
         assert!(o.keys_checked >= 500, "{o:?}");
         assert!(o.failover_s >= o.owned_after_s, "{o:?}");
     }
-    assert!(r.without_standby.left_to_fold > 0, "{r:?}");
     assert_eq!(r.with_standby.left_to_fold, 0, "{r:?}");
 }
