@@ -26,6 +26,8 @@ use tally_testkit::client::Drift;
 use tally_testkit::process::Proc;
 use tally_testkit::{free_port, unique};
 
+use crate::report::{goal, Recorded, Row, Stamp};
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub records: u64,
@@ -385,16 +387,22 @@ fn check(
     Ok((got.len() + one_by_one, drift.lost, drift.doubled))
 }
 
-/// BENCHMARKS.md's section for one run.
-pub fn markdown(r: &Results, machine: &str, date: &str, commit: &str) -> String {
+/// How the failover benchmark is run (the command column of the current-figures table).
+pub const COMMAND: &str = "cargo run --release -p tally-bench --bin failover-bench";
+
+/// The run's page in the history folder; its raw numbers are in `json_name` beside it.
+pub fn page(r: &Results, stamp: &Stamp, json_name: &str) -> String {
     let mut s = format!(
-        "## Failover run of {date}\n\nBroker: Apache Kafka {}, one KRaft node on this machine. \
-         Machine: {machine}. Commit: `{commit}`. Profile: {}. A log of {} records over {} \
-         keys and {} partitions, written once; for each mode a fresh group of two aggregators \
-         `a` and `b`, each with its own database, `--session-timeout-ms {}`. When both had \
-         folded what they fold, `a` was killed (SIGKILL, not restarted). Times in seconds from \
-         the kill.\n\n",
+        "# Failover run of {}\n\nBroker: Apache Kafka {}, one KRaft node on this machine. \
+         Machine: {}. Commit: `{}`. Profile: {}. Command: `{COMMAND}`. A log of {} records \
+         over {} keys and {} partitions, written once; for each mode a fresh group of two \
+         aggregators `a` and `b`, each with its own database, `--session-timeout-ms {}`. When \
+         both had folded what they fold, `a` was killed (SIGKILL, not restarted). Times in \
+         seconds from the kill.\n\n",
+        stamp.date,
         tally_testkit::broker::kafka_version(),
+        stamp.machine,
+        stamp.commit,
         r.profile,
         r.records,
         r.keys,
@@ -420,10 +428,43 @@ pub fn markdown(r: &Results, machine: &str, date: &str, commit: &str) -> String 
         ));
     }
     s.push_str(&format!(
-        "\nThe log was written at {:.0} records/s. Exact: {}.\n\n<details><summary>raw numbers</summary>\n\n```json\n{}\n```\n</details>\n",
+        "\nThe log was written at {:.0} records/s. Exact: {}.\n\nRaw numbers: [`{json_name}`]({json_name}).\n",
         r.produce_per_s,
         if r.exact() { "yes, both modes" } else { "**no**" },
-        serde_json::to_string_pretty(r).unwrap_or_default()
     ));
     s
+}
+
+/// The run ready for [`crate::report::record`]: its page, raw numbers and the two rows of
+/// the current-figures table (failover without and with standbys).
+pub fn recorded(r: &Results, stamp: &Stamp) -> anyhow::Result<Recorded> {
+    let row = |o: &Outcome| {
+        Row {
+        measure: if o.standby {
+            "Failover, standby".into()
+        } else {
+            "Failover".into()
+        },
+        what: format!(
+            "seconds from SIGKILL of one of two aggregators{} until the survivor is exact (committed to the log end), {} records over {} partitions",
+            if o.standby { " run with `--standby`" } else { "" },
+            r.records,
+            r.partitions
+        ),
+        figure: format!(
+            "{:.1} s (owns all at {:.1} s; {} lost, {} doubled)",
+            o.failover_s, o.owned_after_s, o.lost, o.doubled
+        ),
+        goal: goal("0 lost, 0 doubled", o.lost == 0 && o.doubled == 0),
+    }
+    };
+    let json_name = stamp.file("failover", "json");
+    Ok(Recorded {
+        kind: "failover",
+        broker: format!("Kafka {}, 1 node", tally_testkit::broker::kafka_version()),
+        command: COMMAND.into(),
+        page: page(r, stamp, &json_name),
+        raw: serde_json::to_value(r)?,
+        rows: vec![row(&r.without_standby), row(&r.with_standby)],
+    })
 }

@@ -16,6 +16,8 @@ use tally_pipeline::fold::Record;
 use tally_pipeline::record::{encode_request, encode_value, request_fingerprint};
 use tally_pipeline::store::{LockHeld, OpenMode, Store};
 
+use crate::report::{goal, Recorded, Row, Stamp};
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Requests remembered when pruning starts (one window's worth).
@@ -183,7 +185,7 @@ pub fn run(cfg: &Config, dir: &std::path::Path) -> anyhow::Result<Report> {
 }
 
 /// The section BENCHMARKS.md records.
-pub fn markdown(r: &Report, machine: &str, date: &str, commit: &str) -> String {
+pub fn page(r: &Report, stamp: &Stamp, json_name: &str) -> String {
     let row = |name: &str, p: &Phase| {
         format!(
             "| {name} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {} ({} rows) | {:.1} | {:.1} |",
@@ -198,11 +200,11 @@ pub fn markdown(r: &Report, machine: &str, date: &str, commit: &str) -> String {
             p.whole_max_ms
         )
     };
-    let longest = r.prune.commit_max_ms.max(r.prune.prune_max_ms);
+    let longest = longest_hold_ms(r);
     let met = if longest < 100.0 { "yes" } else { "**no**" };
     format!(
-        "## Idempotency prune run of {date}\n\n\
-         Machine: {machine}. Commit: `{commit}`. Profile: release. No broker: the applier and \
+        "# Idempotency prune run of {}\n\n\
+         Machine: {}. Commit: `{}`. Profile: release. Command: `{COMMAND}`. No broker: the applier and \
          store the aggregator runs, on an on-disk database (WAL, synchronous=FULL). Window \
          {} s of log time; {} single-record requests (36-character keys, 12 partitions) fill \
          it, i.e. {:.0} requests/s; then {} more at the same pace, so old ones expire as fast \
@@ -213,7 +215,11 @@ pub fn markdown(r: &Report, machine: &str, date: &str, commit: &str) -> String {
          |---|---|---|---|---|---|---|---|---|\n{}\n{}\n\n\
          Longest write-lock hold while pruning: {longest:.1} ms (target < 100 ms: {met}). \
          Remembered at the end of the fill: {} requests, {:.0} bytes each on disk (rows and the \
-         age index). At the end: {} stored, {} of them dead and not yet pruned.\n",
+         age index). At the end: {} stored, {} of them dead and not yet pruned.\n\n\
+         Raw numbers: [`{json_name}`]({json_name}).\n",
+        stamp.date,
+        stamp.machine,
+        stamp.commit,
         r.window_s,
         r.remembered,
         r.rate_per_s,
@@ -226,4 +232,48 @@ pub fn markdown(r: &Report, machine: &str, date: &str, commit: &str) -> String {
         r.rows_at_end,
         r.dead_left,
     )
+}
+
+/// How the prune benchmark is run (the command column of the current-figures table).
+pub const COMMAND: &str = "cargo run --release -p tally-bench --bin prune-bench";
+
+/// The longest write-lock hold while requests expire: commits and prune transactions alike.
+pub fn longest_hold_ms(r: &Report) -> f64 {
+    r.prune.commit_max_ms.max(r.prune.prune_max_ms)
+}
+
+/// Whether pruning kept up: nothing dead left beyond one commit's budget.
+pub fn kept_up(r: &Report) -> bool {
+    r.dead_left <= r.batch
+}
+
+/// The run ready for [`crate::report::record`]: its page, raw numbers and its rows of the
+/// current-figures table.
+pub fn recorded(r: &Report, stamp: &Stamp) -> anyhow::Result<Recorded> {
+    let longest = longest_hold_ms(r);
+    let json_name = stamp.file("prune", "json");
+    Ok(Recorded {
+        kind: "prune",
+        broker: "none (no broker)".into(),
+        command: COMMAND.into(),
+        page: page(r, stamp, &json_name),
+        raw: serde_json::to_value(r)?,
+        rows: vec![
+            Row {
+                measure: "Prune".into(),
+                what: format!(
+                    "longest write-lock hold (ms) while a full window of {} remembered requests expires, {} records per commit",
+                    r.remembered, r.batch
+                ),
+                figure: format!("{longest:.1} ms ({} dead left)", r.dead_left),
+                goal: goal("< 100 ms", longest < 100.0),
+            },
+            Row {
+                measure: "Prune bytes".into(),
+                what: "bytes on disk per remembered request (rows and the age index)".into(),
+                figure: format!("{:.0} bytes", r.bytes_per_request),
+                goal: String::new(),
+            },
+        ],
+    })
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -469,91 +469,133 @@ fn worker(
     }
 }
 
-/// Runs the abuse mix against a fresh pipeline and returns its figures.
-pub fn abuse(cfg: &AbuseConfig) -> anyhow::Result<AbuseFigures> {
-    std::fs::create_dir_all(&cfg.work_dir)?;
-    let broker = Broker::start();
-    let topic = unique("abuse");
-    let common = |extra: &[String]| {
-        let mut a = vec![
-            "--brokers".into(),
-            broker.addr(),
-            "--topic".into(),
-            topic.clone(),
-            "--partitions".into(),
-            "4".into(),
-        ];
-        a.extend_from_slice(extra);
-        a
-    };
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut ingest = Proc::start(
-        "ingest",
-        &common(&[
-            "--listen".into(),
-            addr.clone(),
-            "--max-body-bytes".into(),
-            MAX_BODY.to_string(),
-            "--header-read-timeout-ms".into(),
-            READ_TIMEOUT_MS.to_string(),
-            "--body-read-timeout-ms".into(),
-            READ_TIMEOUT_MS.to_string(),
-        ]),
-        &[("RUST_LOG", "warn".into())],
-        &cfg.work_dir,
-    );
-    let base = format!("http://{addr}");
-    let db = cfg.work_dir.join(format!("{topic}.db"));
-    let agg_port = free_port();
-    let _aggregator = Proc::start(
-        "aggregator",
-        &common(&[
-            "--listen".into(),
-            format!("127.0.0.1:{agg_port}"),
-            "--group".into(),
-            unique("abuse-group"),
-            "--db".into(),
-            db.display().to_string(),
-            "--session-timeout-ms".into(),
-            "6000".into(),
-        ]),
-        &[],
-        &cfg.work_dir,
-    );
-    let probe = reqwest::blocking::Client::new();
-    wait_for("ingest to be healthy", Duration::from_secs(90), || {
-        probe
-            .get(format!("{base}/readyz"))
-            .send()
-            .ok()
-            .filter(|r| r.status() == 200)
-    });
+/// The pipeline under abuse: a broker, ingest with small limits, one aggregator.
+struct Target {
+    // Fields drop in order: the processes before the broker.
+    ingest: Proc,
+    _aggregator: Proc,
+    _broker: Broker,
+    topic: String,
+    db: PathBuf,
+    /// Ingest's address, and its base URL.
+    addr: String,
+    base: String,
+}
 
-    let next = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let pid = ingest.pid();
-    let rss = Arc::new(Mutex::new((None::<f64>, 0.0f64)));
-    let sampler = {
-        let (next, stop, rss) = (next.clone(), stop.clone(), rss.clone());
-        let warm = cfg.requests / 20;
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(mb) = memory_mb(pid, "VmRSS:") {
-                    let mut r = rss.lock().expect("rss");
-                    r.1 = r.1.max(mb);
-                    if r.0.is_none() && next.load(Ordering::Relaxed) >= warm {
-                        r.0 = Some(mb);
+impl Target {
+    fn start(cfg: &AbuseConfig) -> Target {
+        let broker = Broker::start();
+        let topic = unique("abuse");
+        let common = |extra: &[String]| {
+            let mut a = vec![
+                "--brokers".into(),
+                broker.addr(),
+                "--topic".into(),
+                topic.clone(),
+                "--partitions".into(),
+                "4".into(),
+            ];
+            a.extend_from_slice(extra);
+            a
+        };
+        let addr = format!("127.0.0.1:{}", free_port());
+        let ingest = Proc::start(
+            "ingest",
+            &common(&[
+                "--listen".into(),
+                addr.clone(),
+                "--max-body-bytes".into(),
+                MAX_BODY.to_string(),
+                "--header-read-timeout-ms".into(),
+                READ_TIMEOUT_MS.to_string(),
+                "--body-read-timeout-ms".into(),
+                READ_TIMEOUT_MS.to_string(),
+            ]),
+            &[("RUST_LOG", "warn".into())],
+            &cfg.work_dir,
+        );
+        let db = cfg.work_dir.join(format!("{topic}.db"));
+        let aggregator = Proc::start(
+            "aggregator",
+            &common(&[
+                "--listen".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "--group".into(),
+                unique("abuse-group"),
+                "--db".into(),
+                db.display().to_string(),
+                "--session-timeout-ms".into(),
+                "6000".into(),
+            ]),
+            &[],
+            &cfg.work_dir,
+        );
+        let base = format!("http://{addr}");
+        let probe = reqwest::blocking::Client::new();
+        wait_for("ingest to be ready", Duration::from_secs(90), || {
+            probe
+                .get(format!("{base}/readyz"))
+                .send()
+                .ok()
+                .filter(|r| r.status() == 200)
+        });
+        Target {
+            ingest,
+            _aggregator: aggregator,
+            _broker: broker,
+            topic,
+            db,
+            addr,
+            base,
+        }
+    }
+}
+
+/// Samples a process's resident memory every 100 ms: the first sample once `warm` requests
+/// were sent, and the highest.
+struct RssSampler {
+    rss: Arc<Mutex<(Option<f64>, f64)>>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: i32, next: Arc<AtomicU64>, warm: u64) -> RssSampler {
+        let rss = Arc::new(Mutex::new((None::<f64>, 0.0f64)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, rss) = (stop.clone(), rss.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(mb) = memory_mb(pid, "VmRSS:") {
+                        let mut r = rss.lock().expect("rss");
+                        r.1 = r.1.max(mb);
+                        if r.0.is_none() && next.load(Ordering::Relaxed) >= warm {
+                            r.0 = Some(mb);
+                        }
                     }
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
-    let start = Instant::now();
+            })
+        };
+        RssSampler { rss, stop, thread }
+    }
+
+    /// `(after warm-up, peak)` in MB.
+    fn stop(self) -> (f64, f64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("rss sampler");
+        let (warm, peak) = *self.rss.lock().expect("rss");
+        (warm.unwrap_or(peak), peak)
+    }
+}
+
+/// Sends the whole mix from `cfg.concurrency` threads; what they sent and got back.
+fn send_mix(cfg: &AbuseConfig, t: &Target, next: &Arc<AtomicU64>) -> Tally {
+    let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..cfg.concurrency)
         .map(|id| {
-            let (cfg, base, addr) = (cfg.clone(), base.clone(), addr.clone());
+            let (cfg, base, addr) = (cfg.clone(), t.base.clone(), t.addr.clone());
             let (next, stop) = (next.clone(), stop.clone());
             std::thread::spawn(move || worker(id, &cfg, &base, &addr, &next, &stop))
         })
@@ -562,16 +604,13 @@ pub fn abuse(cfg: &AbuseConfig) -> anyhow::Result<AbuseFigures> {
     for w in workers {
         tally.merge(w.join().expect("worker thread"));
     }
-    let duration = start.elapsed().as_secs_f64();
-    let at_end = memory_mb(pid, "VmRSS:").unwrap_or(0.0);
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().expect("rss sampler");
-    let (warm, peak) = *rss.lock().expect("rss");
-    let ingest_exited = !ingest.is_running();
+    tally
+}
 
-    // Every valid acknowledged increment folded, then compare with the ground truth.
-    check::wait_folded(&db, &topic, &tally.max_offsets, || {});
-    let mut stored = check::stored_sums(&db, &topic)?;
+/// Keys whose stored sum differs from the valid increments acknowledged on them, and the
+/// total absolute difference; stored keys never acknowledged count whole.
+fn compare(db: &Path, topic: &str, tally: &Tally) -> anyhow::Result<(u64, i64)> {
+    let mut stored = check::stored_sums(db, topic)?;
     let (mut keys_wrong, mut diff) = (0u64, 0i64);
     for (k, want) in &tally.sums {
         let got = stored.remove(k).unwrap_or(0);
@@ -584,6 +623,25 @@ pub fn abuse(cfg: &AbuseConfig) -> anyhow::Result<AbuseFigures> {
         keys_wrong += 1;
         diff += v.abs();
     }
+    Ok((keys_wrong, diff))
+}
+
+/// Runs the abuse mix against a fresh pipeline and returns its figures.
+pub fn abuse(cfg: &AbuseConfig) -> anyhow::Result<AbuseFigures> {
+    std::fs::create_dir_all(&cfg.work_dir)?;
+    let mut target = Target::start(cfg);
+    let next = Arc::new(AtomicU64::new(0));
+    let pid = target.ingest.pid();
+    let sampler = RssSampler::start(pid, next.clone(), cfg.requests / 20);
+    let start = Instant::now();
+    let tally = send_mix(cfg, &target, &next);
+    let duration = start.elapsed().as_secs_f64();
+    let at_end = memory_mb(pid, "VmRSS:").unwrap_or(0.0);
+    let (warm, peak) = sampler.stop();
+    let ingest_exited = !target.ingest.is_running();
+    // Every valid acknowledged increment folded, then compared with the ground truth.
+    check::wait_folded(&target.db, &target.topic, &tally.max_offsets, || Ok(()))?;
+    let (keys_wrong, sum_difference) = compare(&target.db, &target.topic, &tally)?;
     Ok(AbuseFigures {
         seed: cfg.seed,
         requests: cfg.requests.min(next.load(Ordering::Relaxed)),
@@ -596,8 +654,8 @@ pub fn abuse(cfg: &AbuseConfig) -> anyhow::Result<AbuseFigures> {
         valid_increments: tally.increments,
         valid_unfinished: tally.unfinished,
         keys_wrong,
-        sum_difference: diff,
-        ingest_rss_mb: (warm.unwrap_or(peak), peak, at_end),
+        sum_difference,
+        ingest_rss_mb: (warm, peak, at_end),
         ingest_exited,
     })
 }

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::ensure;
 use tally_pipeline::store::{OpenMode, Store};
-use tally_testkit::wait_for;
 
 /// Committed next offsets, read from the database itself (empty while it cannot be opened).
 pub fn committed(db: &Path, topic: &str) -> BTreeMap<i32, i64> {
@@ -22,21 +22,27 @@ pub fn folded(db: &Path, topic: &str, partition: i32, offset: i64) -> bool {
         .is_some_and(|n| *n > offset)
 }
 
-/// Waits until every partition's committed next offset is past its highest acknowledged
-/// offset, calling `tick` on each poll (e.g. to restart a process that exited).
-pub fn wait_folded(db: &Path, topic: &str, acked: &BTreeMap<i32, i64>, mut tick: impl FnMut()) {
-    wait_for(
-        "the aggregators to fold every acknowledged increment",
-        Duration::from_secs(300),
-        || {
-            tick();
-            let c = committed(db, topic);
-            acked
-                .iter()
-                .all(|(p, o)| c.get(p).is_some_and(|n| n > o))
-                .then_some(())
-        },
-    );
+/// Waits (at most 300 s) until every partition's committed next offset is past its highest
+/// acknowledged offset, calling `tick` on each poll (e.g. to restart a process that exited).
+pub fn wait_folded(
+    db: &Path,
+    topic: &str,
+    acked: &BTreeMap<i32, i64>,
+    mut tick: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        tick()?;
+        let c = committed(db, topic);
+        if acked.iter().all(|(p, o)| c.get(p).is_some_and(|n| n > o)) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the aggregators did not fold every acknowledged increment within 300 s: committed {c:?}, acknowledged up to {acked:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Stored sums per key, summed over partitions.

@@ -24,13 +24,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig as KafkaConfig;
 use serde::Serialize;
@@ -40,8 +39,8 @@ use tally_testkit::process::Proc;
 use tally_testkit::{free_port, unique, wait_for};
 
 use crate::check;
-use crate::load::{client, probe, ClientConfig, Truth};
-use crate::run::{wait_healthy, Figures};
+use crate::load::probe;
+use crate::scenario::{drive, wait_healthy, Figures, Plan, Probes, Stack};
 
 /// The kinds of fault, in the order the figures list them.
 pub const CLUSTER_FAULTS: [&str; 7] = [
@@ -180,7 +179,9 @@ impl Drop for Haproxy {
 
 /// Every process of the run. Fields drop in order: Tally's processes, then the brokers, then
 /// the network they run in.
-struct Stack {
+struct Nodes {
+    cfg: ClusterConfig,
+    minority: Minority,
     haproxy: Haproxy,
     ingests: Vec<(Proc, String)>,
     aggs: Vec<(Proc, String)>,
@@ -213,8 +214,8 @@ fn require_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Stack {
-    fn start(cfg: &ClusterConfig) -> anyhow::Result<Stack> {
+impl Nodes {
+    fn start(cfg: &ClusterConfig) -> anyhow::Result<Nodes> {
         let net = Net::create(3);
         let specs = net
             .hosts
@@ -262,7 +263,12 @@ impl Stack {
             .map(|(_, b)| b.trim_start_matches("http://").to_owned())
             .collect();
         let haproxy = Haproxy::start(lb_port, &backends, &cfg.work_dir)?;
-        let mut s = Stack {
+        let mut s = Nodes {
+            cfg: cfg.clone(),
+            minority: Minority {
+                client_acks_min: u64::MAX,
+                ..Minority::default()
+            },
             haproxy,
             ingests,
             aggs: Vec::new(),
@@ -307,7 +313,7 @@ impl Stack {
     }
 
     /// Acts as systemd's Restart=on-failure: restarts any process that exited on its own.
-    fn supervise(&mut self) -> anyhow::Result<()> {
+    fn restart_exited(&mut self) -> anyhow::Result<()> {
         for (name, procs) in [
             ("ingest", &mut self.ingests),
             ("aggregator", &mut self.aggs),
@@ -458,11 +464,27 @@ struct Cut {
     extended: bool,
 }
 
+impl ClusterConfig {
+    fn plan(&self) -> Plan {
+        Plan {
+            seed: self.seed,
+            kinds: &CLUSTER_FAULTS,
+            targets: self.targets.to_vec(),
+            min_duration: Duration::ZERO,
+            max_duration: self.max_duration,
+            pause_ms: 1000..3000,
+            clients: self.clients,
+            keys_per_client: self.keys,
+            work_dir: self.work_dir.clone(),
+        }
+    }
+}
+
 /// Runs the cluster scenario and returns its figures.
 pub fn run_cluster(cfg: &ClusterConfig) -> anyhow::Result<ClusterFigures> {
     require_tools()?;
     std::fs::create_dir_all(&cfg.work_dir)?;
-    let mut s = Stack::start(cfg)?;
+    let mut s = Nodes::start(cfg)?;
     // The topic as the issue asks: three replicas per partition, all in sync.
     s.wait_in_sync(Duration::from_secs(60))?;
     let ps = s.partitions().context("no topic metadata")?;
@@ -470,199 +492,133 @@ pub fn run_cluster(cfg: &ClusterConfig) -> anyhow::Result<ClusterFigures> {
         ps.len() == cfg.partitions as usize && ps.iter().all(|p| p.2 == 3),
         "topic not created with 3 replicas per partition: {ps:?}"
     );
-
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..cfg.clients)
-        .map(|id| {
-            let c = ClientConfig {
-                id,
-                base: s.lb.clone(),
-                keys: cfg.keys,
-                seed: cfg.seed,
-                stop: stop.clone(),
-                drain: Duration::from_secs(120),
-                acks: acks.clone(),
-            };
-            std::thread::spawn(move || client(c))
-        })
-        .collect();
-    let result = faults(cfg, &mut s, &mut rng, &acks);
-    stop.store(true, Ordering::Relaxed);
-    let mut truth = Truth::default();
-    let mut unfinished = 0;
-    for c in clients {
-        let (t, u) = c.join().expect("client thread");
-        truth.merge(t);
-        unfinished += u;
+    let run = drive(&cfg.plan(), &mut s)?;
+    let mut minority = s.minority.clone();
+    if minority.cuts == 0 {
+        minority.client_acks_min = 0;
     }
-    let (mut figures, probe_truth) = result?;
-    truth.merge(probe_truth);
-    figures.run.unfinished = unfinished;
-
-    let (db, topic) = (s.db.clone(), s.topic.clone());
-    check::wait_folded(&db, &topic, &truth.max_offsets, || {
-        s.supervise().expect("supervise")
-    });
-    let t = check::tally(&truth, check::stored_sums(&s.db, &s.topic)?);
-    figures.run.record(t, truth);
-    figures.run.crash_restarts = s.crash_restarts.clone();
-    figures.run.verify_exit = check::verify(
-        &common(&s.cluster, &s.topic, cfg.partitions),
-        &s.db,
-        &cfg.work_dir,
-    )?;
-    // The log rebuilds the same state from scratch; the aggregators stop first (a final commit).
-    for (a, _) in &mut s.aggs {
-        a.terminate(Duration::from_secs(30));
-    }
-    figures.run.rebuild_differences = check::rebuild_differences(
-        &common(&s.cluster, &s.topic, cfg.partitions),
-        &s.db,
-        &s.topic,
-        &cfg.work_dir,
-    )?;
-    Ok(figures)
+    Ok(ClusterFigures { run, minority })
 }
 
-/// The fault loop; returns the figures so far and the probes' ground truth.
-fn faults(
-    cfg: &ClusterConfig,
-    s: &mut Stack,
-    rng: &mut StdRng,
-    acks: &AtomicU64,
-) -> anyhow::Result<(ClusterFigures, Truth)> {
-    let start = Instant::now();
-    let mut figures = ClusterFigures::default();
-    figures.run.seed = cfg.seed;
-    figures.minority.client_acks_min = u64::MAX;
-    let mut done = [0u64; 7];
-    let mut recovery: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut probes = Truth::default();
-    let mut n = 0u64;
-    let nodes: Vec<usize> = (0..s.cluster.len()).collect();
-    while done.iter().zip(cfg.targets).any(|(d, t)| *d < t) {
-        ensure!(
-            start.elapsed() < cfg.max_duration,
-            "fault targets not reached within {:?}: {done:?}",
-            cfg.max_duration
-        );
-        std::thread::sleep(Duration::from_millis(rng.gen_range(1000..3000)));
-        let open: Vec<usize> = (0..7).filter(|i| done[*i] < cfg.targets[*i]).collect();
-        let kind = open[rng.gen_range(0..open.len())];
-        let name = CLUSTER_FAULTS[kind];
-        eprintln!(
-            "cluster: {name} #{} at {:.0} s",
-            done[kind] + 1,
-            start.elapsed().as_secs_f64()
-        );
-        match name {
+impl Stack for Nodes {
+    fn entry(&self) -> String {
+        self.lb.clone()
+    }
+
+    fn db(&self) -> &Path {
+        &self.db
+    }
+
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn common(&self) -> Vec<String> {
+        common(&self.cluster, &self.topic, self.cfg.partitions)
+    }
+
+    fn supervise(&mut self) -> anyhow::Result<()> {
+        self.restart_exited()
+    }
+
+    fn crash_restarts(&self) -> BTreeMap<String, u64> {
+        self.crash_restarts.clone()
+    }
+
+    fn inject(&mut self, kind: &str, rng: &mut StdRng, probes: &mut Probes) -> anyhow::Result<()> {
+        let nodes = self.cluster.len();
+        match kind {
             "leader_kill" => {
-                let i = s.busiest_leader()?;
-                s.down[i] = true;
-                s.cluster.node(i).kill();
+                let i = self.busiest_leader()?;
+                self.down[i] = true;
+                self.cluster.node(i).kill();
                 // Restarted at once, as systemd's Restart=always would.
-                s.cluster.spawn_again(i);
-                s.cluster.wait_up(i);
-                s.down[i] = false;
+                self.cluster.spawn_again(i);
+                self.cluster.wait_up(i);
+                self.down[i] = false;
             }
             "broker_pause" => {
-                let i = rng.gen_range(0..nodes.len());
-                s.cluster.node(i).pause();
+                let i = rng.gen_range(0..nodes);
+                self.cluster.node(i).pause();
                 std::thread::sleep(Duration::from_millis(REPLICA_LAG_MS + 2000));
-                s.cluster.node(i).resume();
+                self.cluster.node(i).resume();
             }
             "broker_isolate" | "controller_isolate" => {
-                let i = if name == "broker_isolate" {
-                    rng.gen_range(0..nodes.len())
+                let i = if kind == "broker_isolate" {
+                    rng.gen_range(0..nodes)
                 } else {
-                    s.controller(&nodes)
+                    let all: Vec<usize> = (0..nodes).collect();
+                    self.controller(&all)
                         .context("no node records a controller")?
                         .0
                 };
-                let secs = rng.gen_range(cfg.isolate_secs.0..=cfg.isolate_secs.1);
-                n += 1;
-                let cut = isolate(s, i, Duration::from_secs(secs), n, &mut probes, acks, name)?;
-                let m = &mut figures.minority;
-                m.cuts += 1;
-                m.write_acked_ms_max = m.write_acked_ms_max.max(cut.write_ms);
-                m.read_exact_ms_max = m.read_exact_ms_max.max(cut.read_ms);
-                m.client_acks_min = m.client_acks_min.min(cut.client_acks);
-                m.extended += u64::from(cut.extended);
-                m.controller_moved += u64::from(name == "controller_isolate");
+                let (lo, hi) = self.cfg.isolate_secs;
+                let hold = Duration::from_secs(rng.gen_range(lo..=hi));
+                let cut = isolate(self, i, hold, probes, kind)?;
+                self.minority.add(&cut, kind == "controller_isolate");
             }
             "rolling_restart" => {
-                for i in nodes.clone() {
-                    s.down[i] = true;
-                    s.cluster.node(i).stop(Duration::from_secs(60));
-                    s.cluster.spawn_again(i);
-                    s.cluster.wait_up(i);
-                    s.down[i] = false;
-                    s.wait_in_sync(Duration::from_secs(120))?;
+                for i in 0..nodes {
+                    self.down[i] = true;
+                    self.cluster.node(i).stop(Duration::from_secs(60));
+                    self.cluster.spawn_again(i);
+                    self.cluster.wait_up(i);
+                    self.down[i] = false;
+                    self.wait_in_sync(Duration::from_secs(120))?;
                 }
             }
             "ingest_kill" => {
-                let i = rng.gen_range(0..s.ingests.len());
-                let (p, base) = &mut s.ingests[i];
+                let i = rng.gen_range(0..self.ingests.len());
+                let (p, base) = &mut self.ingests[i];
                 p.kill();
                 p.restart();
                 wait_healthy(base);
             }
             "aggregator_kill" => {
-                let i = rng.gen_range(0..s.aggs.len());
-                let (p, base) = &mut s.aggs[i];
+                let i = rng.gen_range(0..self.aggs.len());
+                let (p, base) = &mut self.aggs[i];
                 p.kill();
                 p.restart();
                 wait_healthy(base);
             }
-            _ => unreachable!(),
+            other => unreachable!("no such fault: {other}"),
         }
-        done[kind] += 1;
-        let t = Instant::now();
-        s.supervise()?;
-        n += 1;
-        let (pp, po) = probe(&s.lb, n, &mut probes, Duration::from_secs(180))
-            .with_context(|| format!("no write acknowledged after {name} #{}", done[kind]))?;
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while !check::folded(&s.db, &s.topic, pp, po) {
-            ensure!(
-                Instant::now() < deadline,
-                "no recovery within 180 s after {name} #{}",
-                done[kind]
-            );
-            s.supervise()?;
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let ms = t.elapsed().as_secs_f64() * 1000.0;
-        recovery.entry(name).or_default().push(ms);
-        eprintln!("cluster: {name} #{} recovered in {ms:.0} ms", done[kind]);
+        Ok(())
     }
-    // Every node back and in sync before the final check.
-    s.wait_in_sync(Duration::from_secs(120))?;
-    figures.run.duration_s = start.elapsed().as_secs_f64();
-    for (i, name) in CLUSTER_FAULTS.iter().enumerate() {
-        figures.run.faults.insert((*name).to_owned(), done[i]);
+
+    /// Every node back and in sync before the final check.
+    fn settle(&mut self) -> anyhow::Result<()> {
+        self.wait_in_sync(Duration::from_secs(120))
     }
-    figures.run.recovery_ms = check::max_mean(&recovery);
-    if figures.minority.cuts == 0 {
-        figures.minority.client_acks_min = 0;
+
+    fn aggregators(&mut self) -> Vec<&mut Proc> {
+        self.aggs.iter_mut().map(|(p, _)| p).collect()
     }
-    Ok((figures, probes))
+}
+
+impl Minority {
+    fn add(&mut self, cut: &Cut, controller: bool) {
+        self.cuts += 1;
+        self.write_acked_ms_max = self.write_acked_ms_max.max(cut.write_ms);
+        self.read_exact_ms_max = self.read_exact_ms_max.max(cut.read_ms);
+        self.client_acks_min = self.client_acks_min.min(cut.client_acks);
+        self.extended += u64::from(cut.extended);
+        self.controller_moved += u64::from(controller);
+    }
 }
 
 /// Cuts node `i` off for `hold`, and while it is cut off asserts that a write through the
 /// balancer is acknowledged and read back exactly, that the clients' acknowledgements keep
 /// coming and, for the controller, that the majority elects another. Heals it on every path.
 fn isolate(
-    s: &mut Stack,
+    s: &mut Nodes,
     i: usize,
     hold: Duration,
-    n: u64,
-    probes: &mut Truth,
-    acks: &AtomicU64,
+    probes: &mut Probes,
     kind: &str,
 ) -> anyhow::Result<Cut> {
+    let n = probes.next();
+    let acks = probes.acks.clone();
     let others: Vec<usize> = (0..s.cluster.len()).filter(|j| *j != i).collect();
     let before_epoch = s.controller(&others).map(|c| c.1).unwrap_or(0);
     let acks_before = acks.load(Ordering::Relaxed);
@@ -670,7 +626,7 @@ fn isolate(
     s.net.isolate(i);
     let checks = (|| -> anyhow::Result<Cut> {
         let within = Duration::from_secs(60);
-        let (pp, po) = probe(&s.lb, n, probes, within)
+        let (pp, po) = probe(&s.lb, n, &mut probes.truth, within)
             .context("no write acknowledged through the majority while a node was cut off")?;
         let write_ms = cut.elapsed().as_secs_f64() * 1000.0;
         let key = format!("probe-{n}");

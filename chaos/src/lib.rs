@@ -18,10 +18,12 @@ pub mod cluster;
 pub mod disk;
 pub mod load;
 pub mod run;
+pub mod scenario;
 
 pub use abuse::{abuse, AbuseConfig, AbuseFigures};
 pub use cluster::{run_cluster, ClusterConfig, ClusterFigures};
-pub use run::{run, Config, Figures};
+pub use run::{run, Config};
+pub use scenario::Figures;
 
 /// A seed for a run that was given none: the clock, in seconds (printed with the figures).
 pub fn seed_from_clock() -> u64 {
@@ -29,29 +31,4 @@ pub fn seed_from_clock() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(1)
-}
-
-/// Prints a run's figures as JSON and turns them into the exit code: 0 when `passed`, 1 when a
-/// check failed, 2 when the run itself could not complete (the error on one line).
-pub fn exit_with<F: serde::Serialize>(
-    result: anyhow::Result<F>,
-    passed: impl Fn(&F) -> bool,
-) -> std::process::ExitCode {
-    match result {
-        Ok(f) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&f).expect("figures serialize")
-            );
-            if passed(&f) {
-                std::process::ExitCode::SUCCESS
-            } else {
-                std::process::ExitCode::from(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
 }

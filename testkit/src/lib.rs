@@ -2,7 +2,7 @@
 //! three-node KRaft cluster) per test on free ports with its own data directory ([`broker`]),
 //! Tally's binaries as child processes that can be killed and restarted ([`process`]), HTTP
 //! helpers with ground-truth bookkeeping ([`client`]), and values that tell a loss from a
-//! double on one key ([`ledger`]).
+//! double on one key ([`ledger`]), and the 0/1/2 exit codes every tool keeps ([`exit`]).
 //!
 //! What must not live here: any Tally logic. Tests check the product through its processes and
 //! its HTTP API, so this crate depends on none of Tally's crates.
@@ -11,6 +11,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod exit;
 pub mod ledger;
 pub mod netns;
 pub mod process;

@@ -1,7 +1,9 @@
 use clap::Parser;
 
 /// Times the takeover of a killed aggregator's partitions with and without warm standbys
-/// (issue 16) and appends the result to BENCHMARKS.md when --out is given.
+/// (issue 16). With --out-dir, writes the run into the history folder and replaces its rows in
+/// BENCHMARKS.md's current-figures table. Exit 0 when both modes were exact, 1 when a mode lost
+/// or doubled an increment, 2 when the benchmark could not run.
 #[derive(Parser, Debug)]
 #[command(name = "failover-bench")]
 struct Cli {
@@ -19,11 +21,12 @@ struct Cli {
     /// Directory for logs and databases.
     #[arg(long, default_value = "target/bench-work")]
     work_dir: std::path::PathBuf,
+    /// The repository root to record the run in (BENCHMARKS.md and docs/history/bench/).
     #[arg(long)]
-    out: Option<std::path::PathBuf>,
+    out_dir: Option<std::path::PathBuf>,
 }
 
-fn main() -> anyhow::Result<std::process::ExitCode> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let cfg = tally_bench::failover::Config {
         records: cli.records,
@@ -33,18 +36,19 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         work_dir: cli.work_dir,
         profile: cli.profile,
     };
-    let r = tally_bench::failover::run(&cfg)?;
-    let md = tally_bench::failover::markdown(
-        &r,
-        &tally_bench::report::machine(),
-        &tally_bench::report::sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        &tally_bench::report::sh("git", &["rev-parse", "--short", "HEAD"]),
-    );
-    tally_bench::report::print_and_append(&md, cli.out.as_deref())?;
-    Ok(if r.exact() {
-        std::process::ExitCode::SUCCESS
-    } else {
-        eprintln!("failover-bench: a mode was not exact (see the table)");
-        std::process::ExitCode::FAILURE
-    })
+    tally_testkit::exit::finish(
+        || tally_bench::failover::run(&cfg),
+        |r| {
+            let stamp = tally_bench::report::Stamp::now();
+            let run = tally_bench::failover::recorded(r, &stamp)?;
+            println!("{}", run.page);
+            if let Some(out) = &cli.out_dir {
+                tally_bench::report::record(out, &stamp, &run)?;
+            }
+            if !r.exact() {
+                eprintln!("failover-bench: a mode lost or doubled increments (see the table)");
+            }
+            Ok(r.exact())
+        },
+    )
 }

@@ -1,20 +1,15 @@
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// Exit 0 when the load ran (its report is printed as JSON), 2 when it could not run.
+fn main() -> std::process::ExitCode {
     tally_pipeline::telemetry::init();
     let args = tally_bench::loadgen::Args::parse();
-    match tally_bench::loadgen::run(&args).await {
-        Ok((report, _truth)) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).expect("report serializes")
-            );
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    tally_testkit::exit::finish_json(
+        || {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(tally_bench::loadgen::run(&args))
+                .map(|(report, _truth)| report)
+        },
+        |_| true,
+    )
 }

@@ -37,5 +37,5 @@ fn main() -> std::process::ExitCode {
             .join(format!("abuse-{seed}")),
     };
     eprintln!("abuse: seed {seed}, logs in {}", cfg.work_dir.display());
-    tally_chaos::exit_with(tally_chaos::abuse(&cfg), |f| f.passed(cfg.max_rss_mb))
+    tally_testkit::exit::finish_json(|| tally_chaos::abuse(&cfg), |f| f.passed(cfg.max_rss_mb))
 }

@@ -30,5 +30,5 @@ fn main() -> std::process::ExitCode {
         cfg.targets[2] = n;
     }
     eprintln!("chaos: seed {seed}");
-    tally_chaos::exit_with(tally_chaos::run(&cfg), |f| f.passed())
+    tally_testkit::exit::finish_json(|| tally_chaos::run(&cfg), |f| f.passed())
 }

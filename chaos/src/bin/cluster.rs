@@ -30,5 +30,5 @@ fn main() -> std::process::ExitCode {
         "cluster: seed {seed}, work directory {}",
         cfg.work_dir.display()
     );
-    tally_chaos::exit_with(tally_chaos::run_cluster(&cfg), |f| f.passed())
+    tally_testkit::exit::finish_json(|| tally_chaos::run_cluster(&cfg), |f| f.passed())
 }
