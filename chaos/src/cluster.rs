@@ -64,6 +64,8 @@ pub struct ClusterConfig {
     /// How long an isolation lasts, in seconds (drawn from this range).
     pub isolate_secs: (u64, u64),
     pub max_duration: Duration,
+    /// Client acknowledgements the run carries at least (it waits for them after the faults).
+    pub min_acknowledged: u64,
     pub clients: usize,
     /// Keys per client at a time.
     pub keys: usize,
@@ -81,6 +83,7 @@ impl ClusterConfig {
             targets: [1; 7],
             isolate_secs: (10, 14),
             max_duration: Duration::from_secs(480),
+            min_acknowledged: 1_000,
             clients: 3,
             keys: 20,
             partitions: 6,
@@ -472,6 +475,7 @@ impl ClusterConfig {
             targets: self.targets.to_vec(),
             min_duration: Duration::ZERO,
             max_duration: self.max_duration,
+            min_acknowledged: self.min_acknowledged,
             pause_ms: 1000..3000,
             clients: self.clients,
             keys_per_client: self.keys,

@@ -105,6 +105,9 @@ pub(crate) struct Plan {
     /// The run lasts until every target is reached and at least this long.
     pub min_duration: Duration,
     pub max_duration: Duration,
+    /// Client acknowledgements the run waits for after the last fault if it has fewer, so that
+    /// how much load it carried does not depend on how fast the machine was.
+    pub min_acknowledged: u64,
     /// Pause before each fault, in ms (drawn from this range).
     pub pause_ms: Range<u64>,
     pub clients: usize,
@@ -212,6 +215,17 @@ fn fault_loop(plan: &Plan, s: &mut impl Stack, probes: &mut Probes) -> anyhow::R
         let ms = recover(s, probes, name, done[kind])?;
         recovery.entry(name).or_default().push(ms);
         eprintln!("chaos: {name} #{} recovered in {ms:.0} ms", done[kind]);
+    }
+    while probes.acks.load(Ordering::Relaxed) < plan.min_acknowledged {
+        ensure!(
+            start.elapsed() < plan.max_duration,
+            "only {} of {} client acknowledgements within {:?}",
+            probes.acks.load(Ordering::Relaxed),
+            plan.min_acknowledged,
+            plan.max_duration
+        );
+        s.supervise()?;
+        std::thread::sleep(Duration::from_millis(200));
     }
     s.settle()?;
     Ok(Figures {

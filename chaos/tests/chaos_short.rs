@@ -37,5 +37,10 @@ fn short_chaos_run_loses_and_doubles_nothing() {
     ] {
         assert!(f.faults[kind] >= at_least, "{kind}: {:?}", f.faults);
     }
-    assert!(f.acknowledged > 1000, "load ran: {}", f.acknowledged);
+    // The run waits for this much load (however fast the machine), so this cannot be luck.
+    assert!(
+        f.acknowledged >= cfg.min_acknowledged,
+        "load ran: {}",
+        f.acknowledged
+    );
 }

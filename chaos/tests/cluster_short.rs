@@ -48,5 +48,10 @@ fn short_cluster_run_loses_and_doubles_nothing() {
     assert_eq!(f.minority.cuts, 2, "{:?}", f.minority);
     assert!(f.minority.client_acks_min > 0, "{:?}", f.minority);
     assert_eq!(f.minority.controller_moved, 1, "{:?}", f.minority);
-    assert!(f.run.acknowledged > 500, "load ran: {}", f.run.acknowledged);
+    // The run waits for this much load (however fast the machine), so this cannot be luck.
+    assert!(
+        f.run.acknowledged >= cfg.min_acknowledged,
+        "load ran: {}",
+        f.run.acknowledged
+    );
 }

@@ -7,11 +7,11 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{assert_sums, Pipeline, Service};
+use common::{assert_sums, owned_partitions, serial, Pipeline, Service};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
@@ -24,18 +24,18 @@ use tally_testkit::wait_for;
 
 /// These tests start several processes each and depend on group timing: run them one at a time
 /// so that they do not starve each other of the machine's cores.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Increments each loader sends even when `done` comes sooner: the load is part of what is
+/// checked, so its size does not depend on how fast the machine ran the rest of the test.
+const MIN_PER_LOADER: u64 = 600;
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Posts single increments on random keys until `done`; returns what was acknowledged.
+/// Posts single increments on random keys until `done` (and at least [`MIN_PER_LOADER`]);
+/// returns what was acknowledged.
 fn load(base: String, seed: u64, done: Arc<AtomicBool>) -> GroundTruth {
     let client = http();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut truth = GroundTruth::default();
-    while !done.load(Ordering::Relaxed) {
+    // At least MIN_PER_LOADER each, however fast the test reaches `done`.
+    while truth.acknowledged < MIN_PER_LOADER || !done.load(Ordering::Relaxed) {
         let key = format!("k-{}", rng.gen_range(0..300));
         let value: i64 = rng.gen_range(-1000..=1000);
         let r = client
@@ -103,10 +103,10 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// Partitions each aggregator owns, as its metrics say (an unreachable one owns none).
-fn owned(aggs: &[&Service]) -> Vec<u64> {
+/// How many partitions each aggregator owns now.
+fn owned_counts(aggs: &[&Service]) -> Vec<u64> {
     aggs.iter()
-        .map(|a| metrics(&a.base).map_or(0, |m| metric(&m, "tally_owned_partitions", &[]) as u64))
+        .map(|a| owned_partitions(&a.base).len() as u64)
         .collect()
 }
 
@@ -114,7 +114,7 @@ fn owned(aggs: &[&Service]) -> Vec<u64> {
 /// there are enough partitions: the group converged.
 fn wait_converged(aggs: &[&Service], partitions: u64, timeout: Duration) -> Vec<u64> {
     wait_for("the group to converge", timeout, || {
-        let o = owned(aggs);
+        let o = owned_counts(aggs);
         let each = partitions < aggs.len() as u64 || o.iter().all(|n| *n > 0);
         (o.iter().sum::<u64>() == partitions && each).then_some(o)
     })
@@ -230,7 +230,7 @@ fn zombie_paused_past_the_session_timeout_is_fenced_and_resumes_exactly() {
     wait_for(
         "the other to own every partition",
         Duration::from_secs(90),
-        || (owned(&[&other]) == [4]).then_some(()),
+        || (owned_counts(&[&other]) == [4]).then_some(()),
     );
     // The new owner commits past where the zombie's pending batches started.
     let before = Store::open(&p.db(), &p.topic, OpenMode::Existing)

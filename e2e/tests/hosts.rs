@@ -27,7 +27,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::members::{check, start_load, Acked, Reads};
+use common::members::{check, start_load, wait_split, Acked, Reads};
 use common::{Pipeline, Service};
 use tally_testkit::broker::{Broker, KafkaOptions, NodeSpec};
 use tally_testkit::netns::Net;
@@ -37,6 +37,8 @@ const PARTITIONS: i32 = 6;
 
 /// The members, by host: member `i` runs on `Net`'s host `i`; `d` starts in step 2.
 const MEMBERS: [&str; 4] = ["a", "b", "c", "d"];
+/// Acknowledgements each half of a step waits for, however fast the machine is.
+const ACKS_PER_STEP: u64 = 50;
 
 /// Flags a member gets beyond the common ones, by name; a restart keeps them (same command
 /// line). `b` (killed and restarted) and `d` (joining empty) are warm standbys: they also fold
@@ -81,6 +83,8 @@ impl Member {
 /// Reads every key through every member in `members` and asserts: nothing lost, nothing
 /// doubled, each member forwarded some reads. Returns the reads, by member.
 fn check_all(step: &str, members: &[&Member], acked: &Acked) -> Vec<Reads> {
+    let urls: Vec<&str> = members.iter().map(|m| m.url()).collect();
+    wait_split(&urls, PARTITIONS);
     let reads: Vec<Reads> = members.iter().map(|m| check(m.url(), acked)).collect();
     let summary = members
         .iter()
@@ -126,8 +130,9 @@ fn servers(reads: &[Reads]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Runs load through `ingest` for `before`, then `fault`, then `after` more; returns the
-/// ground truth with the load stopped.
+/// Runs load through `ingest` for `before` (and at least [`ACKS_PER_STEP`] acknowledgements),
+/// then `fault`, then `after` more (and as many acknowledgements again); returns the ground
+/// truth with the load stopped.
 fn under_load(
     ingest: &str,
     acked: &Arc<Mutex<Acked>>,
@@ -138,8 +143,10 @@ fn under_load(
 ) -> Acked {
     let load = start_load(ingest, acked, phase);
     std::thread::sleep(before);
+    load.wait_acknowledged(ACKS_PER_STEP);
     fault();
     std::thread::sleep(after);
+    load.wait_acknowledged(2 * ACKS_PER_STEP);
     load.finish();
     acked.lock().unwrap().clone()
 }

@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
-use common::{assert_sums, Pipeline};
+use common::{assert_sums, now_ms, serial, Pipeline};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -18,12 +18,6 @@ use tally_pipeline::record::{encode_request, encode_value, request_fingerprint, 
 use tally_pipeline::store::{OpenMode, Store};
 use tally_testkit::client::{http, GroundTruth};
 use tally_testkit::process::Proc;
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn producer(p: &Pipeline) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", p.broker.addr())
@@ -63,14 +57,6 @@ fn append(
         .unwrap()
         .offset
 }
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// Keys whose served sum is below (lost) or above (doubled) the truth, counted apart.
 fn losses_and_doubles(base: &str, truth: &GroundTruth) -> (i64, i64) {
     let c = http();

@@ -12,24 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_sums, Pipeline};
+use common::{assert_sums, send, Pipeline};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::blocking::{Client, RequestBuilder};
 use serde_json::{json, Value};
 use tally_testkit::broker::Broker;
 use tally_testkit::client::{http, GroundTruth};
-
-/// Sends a request; returns status, Retry-After and the JSON body.
-fn send(req: RequestBuilder) -> (u16, Option<String>, Value) {
-    let r = req.send().expect("ingest answers");
-    let status = r.status().as_u16();
-    let retry = r
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    (status, retry, r.json().unwrap_or(Value::Null))
-}
 
 /// Sends a request that must be acknowledged; records where it landed.
 fn ok(req: RequestBuilder, truth: &mut GroundTruth) -> Value {
@@ -247,7 +236,7 @@ fn errors_answer_with_their_status_and_json_body() {
         "--max-in-flight",
         "1",
         "--body-read-timeout-ms",
-        "1500",
+        "5000",
         "--header-read-timeout-ms",
         "1000",
         "--max-header-bytes",
@@ -364,19 +353,32 @@ fn errors_answer_with_their_status_and_json_body() {
          content-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let started = Instant::now();
+    // Wait until ingest counts the slow request in flight (its metrics stay open), not for a
+    // guessed time: only then is the slot taken.
+    tally_testkit::wait_for(
+        "the slow request to hold the in-flight slot",
+        Duration::from_secs(60),
+        || {
+            let m = c
+                .get(format!("{}/metrics", ingest.base))
+                .send()
+                .ok()?
+                .text()
+                .ok()?;
+            m.lines()
+                .filter(|l| l.starts_with("tally_ingest_in_flight_requests"))
+                .any(|l| l.rsplit(' ').next() == Some("1"))
+                .then_some(())
+        },
+    );
+    // A 503 (not a 200 after the slot frees) shows the request was refused without waiting.
     assert_error(
         "in-flight bound",
         send(json_body(r#"{"key":"k","value":1}"#)),
         503,
         "overloaded",
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "503 comes at once"
-    );
-    slow.set_read_timeout(Some(Duration::from_secs(10)))
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     let mut answer = String::new();
     let _ = slow.read_to_string(&mut answer);
@@ -387,16 +389,12 @@ fn errors_answer_with_their_status_and_json_body() {
     let mut stalled = TcpStream::connect(&addr).unwrap();
     stalled.write_all(b"POST /incre").unwrap();
     stalled
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let started = Instant::now();
     let mut buf = Vec::new();
-    let _ = stalled.read_to_end(&mut buf);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "stalled connection closed after {:?}",
-        started.elapsed()
-    );
+    // Closed by ingest (end of stream), not given up by this side's read timeout.
+    let closed = stalled.read_to_end(&mut buf);
+    assert!(closed.is_ok(), "stalled connection not closed: {closed:?}");
 
     // Nothing bad was appended: the next good record directly follows the first.
     let (s, _, second) = send(json_body(r#"{"key":"k","value":1}"#));
@@ -529,8 +527,9 @@ fn outage_then_recovery(
     let stop = Arc::new(AtomicBool::new(false));
     let unavailable = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
-    // A 503 must come within the delivery timeout (plus scheduling slack), never hang.
-    let max_wait = delivery + Duration::from_millis(1500);
+    // A 503 must come once the delivery timeout has run out, never hang until the client's own
+    // timeout (30 s); the slack is for a busy machine.
+    let max_wait = delivery + Duration::from_secs(10);
     let clients: Vec<_> = (0..4)
         .map(|i| {
             let (base, stop, un, ack) = (
@@ -543,8 +542,9 @@ fn outage_then_recovery(
         })
         .collect();
 
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(acked.load(Ordering::Relaxed) > 0, "load is flowing");
+    tally_testkit::wait_for("load to flow", Duration::from_secs(60), || {
+        (acked.load(Ordering::Relaxed) > 0).then_some(())
+    });
     down(&mut p.broker);
     tally_testkit::wait_for(
         "503 while the broker is down",
@@ -585,9 +585,10 @@ fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_increment() {
     let mut ingest = p.ingest(&[]);
     let agg = p.aggregator(&[]);
     let refused = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
     let loaders: Vec<_> = (0..6)
         .map(|i| {
-            let (base, refused) = (ingest.base.clone(), refused.clone());
+            let (base, refused, acked) = (ingest.base.clone(), refused.clone(), acked.clone());
             std::thread::spawn(move || {
                 let client = http();
                 let mut rng = StdRng::seed_from_u64(100 + i);
@@ -612,6 +613,7 @@ fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_increment() {
                             for (k, v) in &batch {
                                 truth.add(k, *v);
                             }
+                            acked.fetch_add(1, Ordering::Relaxed);
                         }
                         // Not acknowledged: must not be counted either (checked by the sums).
                         Ok(r) => panic!("unexpected {}: {:?}", r.status(), r.text()),
@@ -624,7 +626,12 @@ fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_increment() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(4));
+    // Under load: enough requests acknowledged before the SIGTERM (waited for, not guessed).
+    tally_testkit::wait_for(
+        "200 acknowledged requests",
+        Duration::from_secs(120),
+        || (acked.load(Ordering::Relaxed) > 200).then_some(()),
+    );
     let started = Instant::now();
     let status = ingest.proc.terminate(Duration::from_secs(30));
     assert!(status.success(), "ingest exited with {status}");

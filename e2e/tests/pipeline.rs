@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_sums, Pipeline};
+use common::{assert_sums, send, Pipeline};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -208,14 +208,6 @@ fn exact_sums_through_aggregator_kills_then_rebuild_and_verify() {
     );
 }
 
-/// Sends a request and returns (status, body as JSON).
-fn send(req: reqwest::blocking::RequestBuilder) -> (u16, Value) {
-    let r = req.send().expect("ingest answers");
-    let status = r.status().as_u16();
-    let body = r.json().unwrap_or(Value::Null);
-    (status, body)
-}
-
 #[test]
 fn bad_input_gets_a_json_error_and_appends_nothing() {
     let p = Pipeline::new(1);
@@ -224,7 +216,7 @@ fn bad_input_gets_a_json_error_and_appends_nothing() {
     let inc = format!("{}/increment", ingest.base);
     let incs = format!("{}/increments", ingest.base);
 
-    let (s, first) = send(c.post(&inc).form(&[("key", "k"), ("value", "1")]));
+    let (s, _, first) = send(c.post(&inc).form(&[("key", "k"), ("value", "1")]));
     assert_eq!(s, 200, "{first}");
     let first_offset = first["offset"].as_i64().unwrap();
 
@@ -346,7 +338,7 @@ fn bad_input_gets_a_json_error_and_appends_nothing() {
         ),
     ];
     for (name, req, want_status, want_code) in cases {
-        let (s, body) = send(req);
+        let (s, _, body) = send(req);
         assert_eq!(s, want_status, "{name}: {body}");
         assert_eq!(body["error"]["code"], want_code, "{name}: {body}");
         assert!(
@@ -358,7 +350,7 @@ fn bad_input_gets_a_json_error_and_appends_nothing() {
     }
 
     // Nothing was appended: the next good record directly follows the first.
-    let (s, second) = send(c.post(&incs).json(&json!({"key": "k", "value": 1})));
+    let (s, _, second) = send(c.post(&incs).json(&json!({"key": "k", "value": 1})));
     assert_eq!(s, 200, "{second}");
     assert_eq!(second["offset"].as_i64().unwrap(), first_offset + 1);
 }

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::members::{check, start_load, Acked};
-use common::{Pipeline, Service};
+use common::members::{check, start_load, wait_split, Acked};
+use common::{owned_partitions, Pipeline, Service};
 use serde_json::Value;
 use tally_testkit::client::http;
 
@@ -147,8 +147,10 @@ fn every_member_answers_every_key_through_kills_joins_and_leaves() {
     let acked = Arc::new(Mutex::new(Acked::default()));
 
     let l = start_load(&ingest.base, &acked, "phase1");
-    std::thread::sleep(Duration::from_secs(4));
+    l.wait_acknowledged(100);
     l.finish();
+    // Both members own some partitions before the reads, so each forwards some of them.
+    wait_split(&[&a.base, &b.base], PARTITIONS);
     let quarantined = reuse_an_idempotency_key(&ingest.base, &acked);
     {
         let acked = acked.lock().unwrap();
@@ -183,11 +185,11 @@ fn every_member_answers_every_key_through_kills_joins_and_leaves() {
 
     // Under load: b is killed and restarted at once; c joins with an empty database.
     let l = start_load(&ingest.base, &acked, "phase2");
-    std::thread::sleep(Duration::from_secs(2));
+    l.wait_acknowledged(30);
     b.proc.kill();
     b.restart();
     let c = p.member("c");
-    std::thread::sleep(Duration::from_secs(4));
+    l.wait_acknowledged(100);
     l.finish();
     {
         let acked = acked.lock().unwrap();
@@ -199,9 +201,9 @@ fn every_member_answers_every_key_through_kills_joins_and_leaves() {
     // a leaves for good under load: b and c take its partitions over, each from what its own
     // database holds of them, catching up from the log.
     let l = start_load(&ingest.base, &acked, "phase3");
-    std::thread::sleep(Duration::from_secs(1));
+    l.wait_acknowledged(30);
     a.proc.kill();
-    std::thread::sleep(Duration::from_secs(4));
+    l.wait_acknowledged(100);
     l.finish();
     let acked = acked.lock().unwrap();
     for m in [&b, &c] {
@@ -230,9 +232,12 @@ fn a_standby_takes_a_dead_members_partitions_over_exactly() {
     let acked = Arc::new(Mutex::new(Acked::default()));
 
     let l = start_load(&ingest.base, &acked, "warm");
-    std::thread::sleep(Duration::from_secs(4));
+    l.wait_acknowledged(100);
     l.finish();
-    let owned_by_a: Vec<i32> = owned(&a.base);
+    // The group has settled with both members owning some partitions (waited for: how soon
+    // is the schedule's).
+    wait_split(&[&a.base, &b.base], PARTITIONS);
+    let owned_by_a: Vec<i32> = owned_partitions(&a.base);
     assert!(
         !owned_by_a.is_empty() && owned_by_a.len() < PARTITIONS as usize,
         "a and b share the partitions: a owns {owned_by_a:?}"
@@ -269,9 +274,9 @@ fn a_standby_takes_a_dead_members_partitions_over_exactly() {
     }
 
     let l = start_load(&ingest.base, &acked, "takeover");
-    std::thread::sleep(Duration::from_secs(1));
+    l.wait_acknowledged(30);
     a.proc.kill();
-    std::thread::sleep(Duration::from_secs(4));
+    l.wait_acknowledged(100);
     l.finish();
     let acked = acked.lock().unwrap();
     let (lost, doubled, forwarded) = check_member(&b, &acked);
@@ -303,21 +308,4 @@ fn a_standby_takes_a_dead_members_partitions_over_exactly() {
         let fenced: Vec<&&str> = lines.iter().filter(|l| l.contains("fenced")).collect();
         assert!(fenced.is_empty(), "{name}: {fenced:?}");
     }
-}
-
-/// Partitions a member owns now, as its `/offsets` says.
-fn owned(base: &str) -> Vec<i32> {
-    let v: Value = http()
-        .get(format!("{base}/offsets"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    v["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["owned"] == true)
-        .map(|p| p["partition"].as_i64().unwrap() as i32)
-        .collect()
 }

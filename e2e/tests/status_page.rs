@@ -10,25 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use browser::Browser;
-use common::Pipeline;
-use serde_json::{json, Value};
+use common::{increment, Pipeline};
+use serde_json::Value;
 use tally_testkit::client::{http, sum, GroundTruth};
 use tally_testkit::wait_for;
-
-/// Sends one increment; records where it landed. Returns (partition, offset).
-fn send(client: &reqwest::blocking::Client, base: &str, key: &str, value: i64) -> (i32, i64) {
-    let r = client
-        .post(format!("{base}/increments"))
-        .json(&json!({"key": key, "value": value}))
-        .send()
-        .expect("ingest answers");
-    assert_eq!(r.status(), 200, "increment {key}={value}");
-    let v: Value = r.json().unwrap();
-    (
-        v["partition"].as_i64().unwrap() as i32,
-        v["offset"].as_i64().unwrap(),
-    )
-}
 
 fn send_counted(
     client: &reqwest::blocking::Client,
@@ -37,7 +22,7 @@ fn send_counted(
     key: &str,
     value: i64,
 ) {
-    let (p, o) = send(client, base, key, value);
+    let (p, o) = increment(client, base, key, value);
     truth.add(key, value);
     truth.landed(p, o);
 }
@@ -199,7 +184,7 @@ fn status_page_shows_what_the_api_serves() {
     send_counted(&client, &ingest.base, &mut truth, "big", i64::MAX - 5);
     send_counted(&client, &ingest.base, &mut truth, "big", 5);
     // Acknowledged by ingest, then quarantined by the aggregator: it would overflow "big".
-    let (p_over, o_over) = send(&client, &ingest.base, "big", 1);
+    let (p_over, o_over) = increment(&client, &ingest.base, "big", 1);
     truth.landed(p_over, o_over);
 
     let mut page = Browser::open(&format!("{}/", agg.base), 1280, 1100);
@@ -213,7 +198,7 @@ fn status_page_shows_what_the_api_serves() {
             let mut truth = GroundTruth::default();
             let start = Instant::now();
             let mut i = 0u64;
-            while !done.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
+            while !done.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(180) {
                 send_counted(&client, &base, &mut truth, &format!("load:{}", i % 5), 1);
                 i += 1;
                 std::thread::sleep(Duration::from_millis(20));
@@ -223,7 +208,7 @@ fn status_page_shows_what_the_api_serves() {
     });
     let busy = wait_for(
         "the page to show records/s > 0 under load",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || {
             let v = page.eval(READ_PAGE);
             let rate: f64 = v["rate"].as_str()?.parse().ok()?;
@@ -248,8 +233,8 @@ fn status_page_shows_what_the_api_serves() {
             break (v, want);
         }
         assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the page does not match the API after 30 s:\n{}\npage: {v:#}",
+            start.elapsed() < Duration::from_secs(90),
+            "the page does not match the API after 90 s:\n{}\npage: {v:#}",
             wrong.join("\n")
         );
         std::thread::sleep(Duration::from_millis(500));

@@ -109,6 +109,9 @@ fn load(ingest: &str, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, client: S
 pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    acked: Arc<Mutex<Acked>>,
+    /// Acknowledged increments when this load started.
+    at_start: u64,
 }
 
 /// Three clients; `phase` keeps their keys and idempotency keys apart from other phases' (an
@@ -122,10 +125,29 @@ pub fn start_load(ingest: &str, acked: &Arc<Mutex<Acked>>, phase: &str) -> Load 
             std::thread::spawn(move || load(&ingest, acked, stop, client))
         })
         .collect();
-    Load { stop, threads }
+    let at_start = acked.lock().unwrap().truth.acknowledged;
+    Load {
+        stop,
+        threads,
+        acked: acked.clone(),
+        at_start,
+    }
 }
 
 impl Load {
+    /// Waits (at most 120 s) until this load has had `n` increments acknowledged: a phase
+    /// of load is a number of acknowledgements, not a guessed time.
+    pub fn wait_acknowledged(&self, n: u64) {
+        tally_testkit::wait_for(
+            &format!("{n} increments acknowledged"),
+            Duration::from_secs(120),
+            || {
+                let now = self.acked.lock().unwrap().truth.acknowledged;
+                (now >= self.at_start + n).then_some(())
+            },
+        );
+    }
+
     /// Stops the clients and waits for their last requests.
     pub fn finish(self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -195,4 +217,19 @@ pub fn check(base: &str, acked: &Acked) -> Reads {
         }
     }
     reads
+}
+
+/// Waits (at most 120 s) until the members at `bases` share all `partitions` between them,
+/// each owning some: the group has settled, so reading every key through any one of them
+/// forwards some reads.
+pub fn wait_split(bases: &[&str], partitions: i32) {
+    tally_testkit::wait_for(
+        &format!("{bases:?} to share the {partitions} partitions"),
+        Duration::from_secs(120),
+        || {
+            let owned: Vec<Vec<i32>> = bases.iter().map(|b| super::owned_partitions(b)).collect();
+            let all: std::collections::BTreeSet<i32> = owned.iter().flatten().copied().collect();
+            (owned.iter().all(|o| !o.is_empty()) && all.len() == partitions as usize).then_some(())
+        },
+    );
 }

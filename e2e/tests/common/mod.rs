@@ -1,12 +1,17 @@
-//! A pipeline under test: broker, ingest and aggregators as processes, in one temp directory.
+//! A pipeline under test: broker, ingest and aggregators as processes, in one temp directory;
+//! and the helpers every e2e test file shares: [`serial`], [`send`], [`increment`],
+//! [`owned_partitions`] and [`now_ms`].
 #![allow(dead_code)]
 
 pub mod members;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use reqwest::blocking::{Client, RequestBuilder};
+use serde_json::{json, Value};
 use tally_testkit::broker::Broker;
 use tally_testkit::client::{caught_up, http, offsets, GroundTruth};
 use tally_testkit::netns::Host;
@@ -171,6 +176,65 @@ impl Service {
         self.proc.restart();
         wait_healthy(&self.base, &self.proc);
     }
+}
+
+/// Holds the tests of one file that must not run at once (each starts several processes on a
+/// machine with few cores) one after the other.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sends a request: its status, its `Retry-After` header, its JSON body (null when none).
+pub fn send(req: RequestBuilder) -> (u16, Option<String>, Value) {
+    let r = req.send().expect("ingest answers");
+    let status = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().expect("ascii Retry-After").to_owned());
+    (status, retry, r.json().unwrap_or(Value::Null))
+}
+
+/// Posts one increment that must be acknowledged; where it landed: (partition, offset).
+pub fn increment(client: &Client, base: &str, key: &str, value: i64) -> (i32, i64) {
+    let (status, _, v) = send(
+        client
+            .post(format!("{base}/increments"))
+            .json(&json!({"key": key, "value": value})),
+    );
+    assert_eq!(status, 200, "increment {key}={value}: {v}");
+    (
+        v["partition"].as_i64().expect("partition") as i32,
+        v["offset"].as_i64().expect("offset"),
+    )
+}
+
+/// Partitions a member owns now, as its `/offsets` says (none while it does not answer).
+pub fn owned_partitions(base: &str) -> Vec<i32> {
+    let v: Value = http()
+        .get(format!("{base}/offsets"))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap_or(Value::Null);
+    v["partitions"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| p["owned"] == true)
+                .filter_map(|p| p["partition"].as_i64())
+                .map(|p| p as i32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Milliseconds since the Unix epoch, as record timestamps count them.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
 }
 
 /// Asserts that every key's sum served by `base` equals the ground truth.
