@@ -184,7 +184,7 @@ pub fn run(cfg: &Config, dir: &std::path::Path) -> anyhow::Result<Report> {
     })
 }
 
-/// The section BENCHMARKS.md records.
+/// The run's page in the history folder; its raw numbers are in `json_name` beside it.
 pub fn page(r: &Report, stamp: &Stamp, json_name: &str) -> String {
     let row = |name: &str, p: &Phase| {
         format!(

@@ -821,12 +821,14 @@ pub fn page(res: &Results, cfg: &Config, stamp: &Stamp, json_name: &str) -> Stri
 pub const SUITE_COMMAND: &str = "cargo run --release -p tally-bench --bin bench-suite";
 
 /// The current-figures rows this run measured: one per ratio, its figure with the numbers it
-/// was divided from.
-pub fn current_rows(res: &Results) -> Vec<Row> {
+/// was divided from. With `--broker-fsync` the measures are their own rows (`P1 fsync`), so a
+/// run on either broker setting keeps the other's figures.
+pub fn current_rows(res: &Results, cfg: &Config) -> Vec<Row> {
+    let suffix = if cfg.broker_fsync { " fsync" } else { "" };
     res.ratios
         .iter()
         .map(|r| Row {
-            measure: r.name.clone(),
+            measure: format!("{}{suffix}", r.name),
             what: r.what.clone(),
             figure: if r.denominator == 1.0 {
                 format!("{} {}", grouped(r.numerator), r.unit)
@@ -863,6 +865,6 @@ pub fn recorded(res: &Results, cfg: &Config, stamp: &Stamp) -> anyhow::Result<Re
         },
         page: page(res, cfg, stamp, &json_name),
         raw: serde_json::json!({ "config": cfg, "results": res }),
-        rows: current_rows(res),
+        rows: current_rows(res, cfg),
     })
 }
