@@ -3,7 +3,9 @@
 //! of a whole topic (as a group member and by assign), and the raw ack-to-fetch latency that
 //! is the floor for P5.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -112,6 +114,9 @@ pub(crate) struct Millis {
     pub samples: u64,
 }
 
+/// When each record, by (partition, offset), was acknowledged or seen.
+type Times = Arc<Mutex<HashMap<(i32, i64), Instant>>>;
+
 /// Produces single records at `rate` per second for `secs`, each awaited for its acks=all
 /// acknowledgement, while a raw consumer (assigned to every partition's end, the aggregator's
 /// fetch wait) reads them: the time from each acknowledgement to the record's arrival at the
@@ -122,9 +127,33 @@ pub(crate) fn raw_produce_to_fetch(
     rate: f64,
     secs: f64,
 ) -> anyhow::Result<Millis> {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
     rt.block_on(kafka.ensure_topic())?;
+    let consumer = end_reader(kafka)?;
+    let (acked, seen): (Times, Times) = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+                    let at = Instant::now();
+                    seen.lock().unwrap().insert((m.partition(), m.offset()), at);
+                }
+            }
+        })
+    };
+    rt.block_on(produce_at_rate(kafka, rate, secs, &acked))?;
+    // Records still in flight to the consumer get a second; later ones are left out.
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    reader.join().expect("reader thread");
+    let (acked, seen) = (acked.lock().unwrap(), seen.lock().unwrap());
+    ack_to_fetch(&acked, &seen)
+}
+
+/// A raw consumer with the aggregator's fetch wait, assigned to every partition's end, its
+/// start offsets resolved (so that it sees everything produced from now on).
+fn end_reader(kafka: &KafkaArgs) -> anyhow::Result<BaseConsumer> {
     let consumer: BaseConsumer = kafka
         .reader()
         .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
@@ -136,63 +165,61 @@ pub(crate) fn raw_produce_to_fetch(
         tpl.add_partition_offset(&kafka.topic, *p, Offset::End)?;
     }
     consumer.assign(&tpl)?;
-    // Let the consumer resolve its start offsets before anything is produced.
     let warm = Instant::now();
     while warm.elapsed() < Duration::from_secs(2) {
         consumer.poll(Duration::from_millis(50));
     }
-    let acked: Arc<Mutex<HashMap<(i32, i64), Instant>>> = Arc::default();
-    let seen: Arc<Mutex<HashMap<(i32, i64), Instant>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (seen, stop) = (seen.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
-                    let at = Instant::now();
-                    seen.lock().unwrap().insert((m.partition(), m.offset()), at);
-                }
-            }
-        })
-    };
+    Ok(consumer)
+}
+
+/// Produces one record every `1 / rate` seconds for `secs`, each acknowledgement's moment
+/// recorded in `acked`.
+async fn produce_at_rate(
+    kafka: &KafkaArgs,
+    rate: f64,
+    secs: f64,
+    acked: &Times,
+) -> anyhow::Result<()> {
     let producer: FutureProducer = kafka.producer(Duration::from_secs(30)).create()?;
-    rt.block_on(async {
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        let mut n = 0u64;
-        while start.elapsed().as_secs_f64() < secs {
-            let due = start + Duration::from_secs_f64(n as f64 / rate);
-            tokio::time::sleep_until(due.into()).await;
-            let (producer, topic, acked) = (producer.clone(), kafka.topic.clone(), acked.clone());
-            let key = format!("key-{}", n % 1000);
-            tasks.push(tokio::spawn(async move {
-                let r = producer
-                    .send(
-                        FutureRecord::to(&topic)
-                            .key(key.as_bytes())
-                            .payload(&encode_value(1)),
-                        Duration::from_secs(5),
-                    )
-                    .await;
-                if let Ok(d) = r {
-                    acked
-                        .lock()
-                        .unwrap()
-                        .insert((d.partition, d.offset), Instant::now());
-                }
-            }));
-            n += 1;
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    reader.join().expect("reader thread");
-    let (acked, seen) = (acked.lock().unwrap(), seen.lock().unwrap());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let due = start + Duration::from_secs_f64(n as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let (producer, topic, acked) = (producer.clone(), kafka.topic.clone(), acked.clone());
+        let key = format!("key-{}", n % 1000);
+        tasks.push(tokio::spawn(async move {
+            let r = producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .key(key.as_bytes())
+                        .payload(&encode_value(1)),
+                    Duration::from_secs(5),
+                )
+                .await;
+            if let Ok(d) = r {
+                acked
+                    .lock()
+                    .unwrap()
+                    .insert((d.partition, d.offset), Instant::now());
+            }
+        }));
+        n += 1;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// Percentiles of the time from each acknowledgement to the consumer seeing the record.
+fn ack_to_fetch(
+    acked: &HashMap<(i32, i64), Instant>,
+    seen: &HashMap<(i32, i64), Instant>,
+) -> anyhow::Result<Millis> {
     let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
-    for (k, a) in acked.iter() {
+    for (k, a) in acked {
         if let Some(s) = seen.get(k) {
             // A record can arrive before its acknowledgement reaches the producer: 0 then.
             h.record(s.saturating_duration_since(*a).as_micros().max(1) as u64)?;

@@ -257,31 +257,52 @@ fn failover(
         .tempdir_in(&cfg.work_dir)?;
     let group = unique("failover-group");
     let c = reqwest::blocking::Client::new();
-    let all: BTreeSet<i32> = (0..cfg.partitions).collect();
     let started = Instant::now();
-    let mut a = member(
-        cfg,
-        broker,
-        topic,
-        &group,
-        &dir.path().join("a.db"),
+    let db = |name: &str| dir.path().join(name);
+    let mut a = member(cfg, broker, topic, &group, &db("a.db"), standby);
+    let mut b = member(cfg, broker, topic, &group, &db("b.db"), standby);
+    let (owned_by_a, before) = wait_warm(&c, cfg, &a.base, &b.base, log, standby)?;
+    let warm_s = started.elapsed().as_secs_f64();
+    let left_to_fold: i64 = owned_by_a
+        .iter()
+        .map(|p| {
+            (log.ends.get(p).copied().unwrap_or(0) - before.get(p).copied().unwrap_or(0)).max(0)
+        })
+        .sum();
+    a.proc.kill();
+    let (owned_after_s, failover_s) = wait_takeover(&c, cfg, &b.base, log)?;
+    let (keys_checked, lost, doubled) = check(&c, &b.base, log, &owned_by_a, cfg.partitions)?;
+    b.proc.kill();
+    Ok(Outcome {
         standby,
-    );
-    let mut b = member(
-        cfg,
-        broker,
-        topic,
-        &group,
-        &dir.path().join("b.db"),
-        standby,
-    );
+        warm_s,
+        left_to_fold,
+        owned_after_s,
+        failover_s,
+        keys_checked,
+        lost,
+        doubled,
+    })
+}
+
+/// Waits (at most an hour) until `a` and `b` share the partitions and have folded what they
+/// fold (with standbys, `b` every partition); the partitions `a` owns, and what `b` stored.
+fn wait_warm(
+    c: &reqwest::blocking::Client,
+    cfg: &Config,
+    a: &str,
+    b: &str,
+    log: &Log,
+    standby: bool,
+) -> anyhow::Result<(BTreeSet<i32>, BTreeMap<i32, i64>)> {
+    let all: BTreeSet<i32> = (0..cfg.partitions).collect();
     let deadline = Instant::now() + Duration::from_secs(3600);
-    let (owned_by_a, before) = loop {
+    loop {
         if Instant::now() > deadline {
             bail!("the members did not fold the log within an hour");
         }
         std::thread::sleep(Duration::from_millis(200));
-        let (Some(oa), Some(ob)) = (offsets(&c, &a.base), offsets(&c, &b.base)) else {
+        let (Some(oa), Some(ob)) = (offsets(c, a), offsets(c, b)) else {
             continue;
         };
         let split = !oa.owned.is_empty()
@@ -292,45 +313,36 @@ fn failover(
             && reached(&oa.stored, &oa.owned, &log.ends)
             && reached(&ob.stored, b_folds, &log.ends)
         {
-            break (oa.owned, ob.stored);
+            return Ok((oa.owned, ob.stored));
         }
-    };
-    let warm_s = started.elapsed().as_secs_f64();
-    let left_to_fold: i64 = owned_by_a
-        .iter()
-        .map(|p| {
-            (log.ends.get(p).copied().unwrap_or(0) - before.get(p).copied().unwrap_or(0)).max(0)
-        })
-        .sum();
-    a.proc.kill();
+    }
+}
+
+/// From the kill, waits (at most an hour) until `b` owns every partition and then until it has
+/// committed each to the log end: the seconds to each.
+fn wait_takeover(
+    c: &reqwest::blocking::Client,
+    cfg: &Config,
+    b: &str,
+    log: &Log,
+) -> anyhow::Result<(f64, f64)> {
+    let all: BTreeSet<i32> = (0..cfg.partitions).collect();
     let killed = Instant::now();
     let mut owned_after_s = None;
-    let failover_s = loop {
+    loop {
         if killed.elapsed() > Duration::from_secs(3600) {
             bail!("b did not take a's partitions over within an hour");
         }
-        if let Some(o) = offsets(&c, &b.base) {
+        if let Some(o) = offsets(c, b) {
             if o.owned == all {
-                owned_after_s.get_or_insert(killed.elapsed().as_secs_f64());
+                let owned = *owned_after_s.get_or_insert(killed.elapsed().as_secs_f64());
                 if reached(&o.stored, &all, &log.ends) {
-                    break killed.elapsed().as_secs_f64();
+                    return Ok((owned, killed.elapsed().as_secs_f64()));
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(50));
-    };
-    let (keys_checked, lost, doubled) = check(&c, &b.base, log, &owned_by_a, cfg.partitions)?;
-    b.proc.kill();
-    Ok(Outcome {
-        standby,
-        warm_s,
-        left_to_fold,
-        owned_after_s: owned_after_s.unwrap_or(failover_s),
-        failover_s,
-        keys_checked,
-        lost,
-        doubled,
-    })
+    }
 }
 
 /// Every key listed through `b`, and up to 500 of `a`'s keys read one by one, against the

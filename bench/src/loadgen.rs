@@ -13,6 +13,7 @@
 //! Only 200 answers count: as requests, in the rates and in the latency histogram; every other
 //! answer and transport error is counted apart in `failures`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -325,6 +326,72 @@ struct Answer {
     offsets: BTreeMap<i32, i64>,
 }
 
+/// The request for `incs` in `args.format` (`/healthz` needs none of them).
+fn encode<'a>(
+    args: &Args,
+    host: &str,
+    names: &[String],
+    incs: &[(usize, i64)],
+    body: &mut String,
+    healthz: &'a [u8],
+) -> Cow<'a, [u8]> {
+    let (path, content_type) = match args.format {
+        Format::Healthz => return Cow::Borrowed(healthz),
+        Format::Form => ("/increment", "application/x-www-form-urlencoded"),
+        Format::Json => ("/increments", "application/json"),
+        Format::Ndjson => ("/increments", "application/x-ndjson"),
+    };
+    body.clear();
+    match args.format {
+        Format::Form => body.push_str(&format!("key={}&value={}", names[incs[0].0], incs[0].1)),
+        Format::Json => body.push_str(&format!(
+            r#"{{"key":"{}","value":{}}}"#,
+            names[incs[0].0], incs[0].1
+        )),
+        _ => {
+            for &(k, v) in incs {
+                let k = &names[k];
+                body.push_str(&format!("{{\"key\":\"{k}\",\"value\":{v}}}\n"));
+            }
+        }
+    }
+    Cow::Owned(crate::conn::request(
+        "POST",
+        path,
+        host,
+        content_type,
+        body.as_bytes(),
+    ))
+}
+
+impl Worker {
+    /// Reads `key` back through one of `readers` with the read-your-writes token of the
+    /// increment just acknowledged at `at`, and records how long after `acked` it was served.
+    async fn read_back(
+        &mut self,
+        client: &reqwest::Client,
+        readers: &Readers,
+        key: &str,
+        at: (i32, i64),
+        acked: Instant,
+    ) -> anyhow::Result<()> {
+        let (p, o) = at;
+        let (agg, foreign) = readers.pick(p, self.truth.acknowledged);
+        let url = format!("{agg}/sums/{key}?min_offset={p}:{o}&wait_ms=5000");
+        let r = client.get(url).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            let us = acked.elapsed().as_micros().max(1) as u64;
+            self.freshness.record(us)?;
+            if foreign {
+                self.foreign.record(us)?;
+            }
+        } else {
+            *self.failures.entry("not_fresh".into()).or_insert(0) += 1;
+        }
+        Ok(())
+    }
+}
+
 async fn worker(
     id: usize,
     client: &reqwest::Client,
@@ -374,49 +441,9 @@ async fn worker(
                 rng.gen_range(args.min_value..=args.max_value),
             )
         }));
-        let owned;
-        let req: &[u8] = match args.format {
-            Format::Healthz => &healthz,
-            Format::Form => {
-                let form = format!("key={}&value={}", names[incs[0].0], incs[0].1);
-                owned = crate::conn::request(
-                    "POST",
-                    "/increment",
-                    host,
-                    "application/x-www-form-urlencoded",
-                    form.as_bytes(),
-                );
-                &owned
-            }
-            Format::Json => {
-                let json = format!(r#"{{"key":"{}","value":{}}}"#, names[incs[0].0], incs[0].1);
-                owned = crate::conn::request(
-                    "POST",
-                    "/increments",
-                    host,
-                    "application/json",
-                    json.as_bytes(),
-                );
-                &owned
-            }
-            Format::Ndjson => {
-                body.clear();
-                for &(k, v) in &incs {
-                    let k = &names[k];
-                    body.push_str(&format!("{{\"key\":\"{k}\",\"value\":{v}}}\n"));
-                }
-                owned = crate::conn::request(
-                    "POST",
-                    "/increments",
-                    host,
-                    "application/x-ndjson",
-                    body.as_bytes(),
-                );
-                &owned
-            }
-        };
+        let req = encode(args, host, names, &incs, &mut body, &healthz);
         let sent = Instant::now();
-        let answer = conn.exchange(req).await;
+        let answer = conn.exchange(&req).await;
         w.requests += 1;
         let answer = match answer {
             Ok(a) => a,
@@ -444,21 +471,8 @@ async fn worker(
         if let (Some(p), Some(o)) = (v.partition, v.offset) {
             w.truth.landed(p, o);
             if let Some(readers) = readers {
-                let (agg, foreign) = readers.pick(p, w.truth.acknowledged);
-                let url = format!(
-                    "{agg}/sums/{}?min_offset={p}:{o}&wait_ms=5000",
-                    names[incs[0].0]
-                );
-                let r = client.get(url).send().await;
-                if r.is_ok_and(|r| r.status() == 200) {
-                    let us = acked.elapsed().as_micros().max(1) as u64;
-                    w.freshness.record(us)?;
-                    if foreign {
-                        w.foreign.record(us)?;
-                    }
-                } else {
-                    *w.failures.entry("not_fresh".into()).or_insert(0) += 1;
-                }
+                w.read_back(client, readers, &names[incs[0].0], (p, o), acked)
+                    .await?;
             }
         } else {
             for (p, o) in v.offsets {
