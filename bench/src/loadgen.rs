@@ -365,6 +365,17 @@ fn encode<'a>(
 }
 
 impl Worker {
+    fn new() -> anyhow::Result<Worker> {
+        Ok(Worker {
+            truth: Truth::default(),
+            latency: Histogram::new(3)?,
+            freshness: Histogram::new(3)?,
+            foreign: Histogram::new(3)?,
+            requests: 0,
+            failures: BTreeMap::new(),
+        })
+    }
+
     /// Reads `key` back through one of `readers` with the read-your-writes token of the
     /// increment just acknowledged at `at`, and records how long after `acked` it was served.
     async fn read_back(
@@ -401,14 +412,7 @@ async fn worker(
     deadline: Instant,
 ) -> anyhow::Result<Worker> {
     let mut rng = StdRng::seed_from_u64(args.seed.wrapping_mul(1_000_003).wrapping_add(id as u64));
-    let mut w = Worker {
-        truth: Truth::default(),
-        latency: Histogram::new(3)?,
-        freshness: Histogram::new(3)?,
-        foreign: Histogram::new(3)?,
-        requests: 0,
-        failures: BTreeMap::new(),
-    };
+    let mut w = Worker::new()?;
     // With a rate, each worker sends one request per `period`.
     let period = args
         .rate
@@ -436,27 +440,22 @@ async fn worker(
         };
         incs.clear();
         incs.extend((0..n).map(|_| {
-            (
-                rng.gen_range(0..args.keys),
-                rng.gen_range(args.min_value..=args.max_value),
-            )
+            let key = rng.gen_range(0..args.keys);
+            (key, rng.gen_range(args.min_value..=args.max_value))
         }));
         let req = encode(args, host, names, &incs, &mut body, &healthz);
         let sent = Instant::now();
         let answer = conn.exchange(&req).await;
         w.requests += 1;
+        let acked = Instant::now();
         let answer = match answer {
-            Ok(a) => a,
-            Err(_) => {
-                *w.failures.entry("error".into()).or_insert(0) += 1;
+            Ok(a) if a.status == 200 => a,
+            failed => {
+                let why = failed.map_or("error".into(), |a| a.status.to_string());
+                *w.failures.entry(why).or_insert(0) += 1;
                 continue;
             }
         };
-        let acked = Instant::now();
-        if answer.status != 200 {
-            *w.failures.entry(answer.status.to_string()).or_insert(0) += 1;
-            continue;
-        }
         w.latency
             .record(acked.duration_since(sent).as_micros().max(1) as u64)?;
         if args.format == Format::Healthz {
@@ -480,10 +479,11 @@ async fn worker(
             }
         }
     }
-    for (name, sum) in names.iter().zip(sums) {
-        if let Some(sum) = sum {
-            w.truth.sums.insert(name.clone(), sum);
-        }
-    }
+    w.truth.sums.extend(
+        names
+            .iter()
+            .zip(sums)
+            .filter_map(|(name, sum)| Some((name.clone(), sum?))),
+    );
     Ok(w)
 }
