@@ -40,7 +40,7 @@ use tally_testkit::{free_port, unique, wait_for};
 
 use crate::check;
 use crate::load::probe;
-use crate::scenario::{drive, wait_healthy, Figures, Plan, Probes, Stack};
+use crate::scenario::{answers_ok, drive, wait_healthy, Figures, Plan, Probes, Stack};
 
 /// The kinds of fault, in the order the figures list them.
 pub const CLUSTER_FAULTS: [&str; 7] = [
@@ -291,7 +291,7 @@ impl Nodes {
         wait_for(
             "HAProxy to route to a ready ingest",
             Duration::from_secs(60),
-            || ready(&s.lb).then_some(()),
+            || answers_ok(&format!("{}/readyz", s.lb)).then_some(()),
         );
         Ok(s)
     }
@@ -449,14 +449,6 @@ fn common(cluster: &Cluster, topic: &str, partitions: i32) -> Vec<String> {
         "--replication-factor".into(),
         "3".into(),
     ]
-}
-
-fn ready(base: &str) -> bool {
-    reqwest::blocking::Client::new()
-        .get(format!("{base}/readyz"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .is_ok_and(|r| r.status() == 200)
 }
 
 /// What one isolation showed.

@@ -298,9 +298,10 @@ fn final_check(
     Ok(())
 }
 
-fn healthy(base: &str) -> bool {
+/// Whether `url` answers 200 within 2 s.
+pub(crate) fn answers_ok(url: &str) -> bool {
     reqwest::blocking::Client::new()
-        .get(format!("{base}/healthz"))
+        .get(url)
         .timeout(Duration::from_secs(2))
         .send()
         .is_ok_and(|r| r.status() == 200)
@@ -311,6 +312,6 @@ pub(crate) fn wait_healthy(base: &str) {
     wait_for(
         &format!("{base} to be healthy"),
         Duration::from_secs(90),
-        || healthy(base).then_some(()),
+        || answers_ok(&format!("{base}/healthz")).then_some(()),
     );
 }
