@@ -4,7 +4,8 @@
 //! The metrics every request touches are registered once and their handles kept
 //! ([`count_request`], [`Produce`]): the `counter!` macro with labels builds its key (a
 //! vector of labels, a status formatted to a string) and looks it up in the registry on every
-//! call, 3% of ingest's CPU time in the profile of single increments (docs/history/bench/2026-12-02-1659-suite.md, issue 18).
+//! call, 3% of ingest's CPU time in the profile of single increments (issue 18,
+//! docs/history/bench/2026-12-02-1659-suite.md).
 //!
 //! Exposed at `GET /metrics` (open like `/healthz`: it names routes, statuses and error codes,
 //! never counter keys or clients; restrict it at the network if that matters).
