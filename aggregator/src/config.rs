@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use tally_pipeline::client_config::Fetch;
 use tally_pipeline::kafka::KafkaArgs;
+use tally_pipeline::window::WindowArgs;
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
@@ -97,13 +98,8 @@ pub struct Config {
     #[arg(long, env = "TALLY_MIN_COMMIT_INTERVAL_MS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub min_commit_interval_ms: u64,
-    /// How long a request with an Idempotency-Key is remembered, in seconds of log time (record
-    /// timestamps): a retry within it is not counted again. Stored in the database the first
-    /// time; a later start must give the same value or none. Default 3600 when the database has
-    /// none.
-    #[arg(long, env = "TALLY_IDEMPOTENCY_WINDOW_SECS",
-          value_parser = clap::value_parser!(u64).range(1..=365 * 24 * 60 * 60))]
-    pub idempotency_window_secs: Option<u64>,
+    #[command(flatten)]
+    pub window: WindowArgs,
 }
 
 impl Config {
@@ -126,18 +122,18 @@ impl Config {
         Duration::from_millis(self.session_timeout_ms)
     }
 
-    /// Sets the prefetch and fetch size limits that bound a reader's memory
-    /// (`--queued-min-messages`, `--fetch-max-bytes`).
-    pub fn fetch_limits<'c>(&self, c: &'c mut ClientConfig) -> &'c mut ClientConfig {
-        c.set("queued.min.messages", self.queued_min_messages.to_string())
-            .set("fetch.max.bytes", self.fetch_max_bytes.to_string())
-            .set(
-                "fetch.message.max.bytes",
-                self.fetch_max_bytes.min(1 << 20).to_string(),
-            )
+    /// How the group member fetches: the prefetch and fetch size limits that bound its memory
+    /// (`--queued-min-messages`, `--fetch-max-bytes`) and its fetch wait
+    /// (`--fetch-wait-max-ms`). The standby keeps the limits and waits longer.
+    pub fn fetch(&self) -> Fetch {
+        Fetch {
+            wait_max: Some(Duration::from_millis(self.fetch_wait_max_ms)),
+            max_bytes: Some(self.fetch_max_bytes),
+            queued_min_messages: Some(self.queued_min_messages),
+        }
     }
 
     pub fn idempotency_window(&self) -> Option<Duration> {
-        self.idempotency_window_secs.map(Duration::from_secs)
+        self.window.window()
     }
 }

@@ -49,6 +49,7 @@ use rdkafka::ClientContext;
 use std::collections::BTreeMap;
 
 use tally_pipeline::applier::Applier;
+use tally_pipeline::client_config::{self, Member};
 use tally_pipeline::fold::Folded;
 use tally_pipeline::kafka_log::ClientLog;
 use tally_pipeline::store::{OpenMode, Store};
@@ -358,7 +359,7 @@ pub fn run(
         window_secs = window.as_secs(),
         "requests are remembered for this long in log time"
     );
-    if let Err(why) = config.kafka.check_topic_id(&mut store)? {
+    if let Err(why) = tally_pipeline::topic::check_id(&config.kafka, &mut store)? {
         return refuse(why, &progress, &stop);
     }
     let ctx = Ctx {
@@ -370,20 +371,14 @@ pub fn run(
         stopped: Mutex::new(BTreeMap::new()),
         claims,
     };
-    let mut member = config
-        .kafka
-        .group_consumer(&config.group, config.session_timeout());
-    if let Some(url) = &config.advertise_url {
-        member.set("client.id", crate::peers::client_id(url));
-    }
-    member
-        .set(
-            "statistics.interval.ms",
-            STATS_INTERVAL.as_millis().to_string(),
-        )
-        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string());
-    let consumer: BaseConsumer<Ctx> = config
-        .fetch_limits(&mut member)
+    let member = Member {
+        group: &config.group,
+        session_timeout: config.session_timeout(),
+        client_id: config.advertise_url.as_deref().map(crate::peers::client_id),
+        statistics_interval: Some(STATS_INTERVAL),
+        fetch: config.fetch(),
+    };
+    let consumer: BaseConsumer<Ctx> = client_config::group_member(&config.kafka, &member)
         .create_with_context(ctx)
         .context("cannot create the Kafka consumer")?;
     consumer

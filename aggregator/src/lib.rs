@@ -40,7 +40,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
              which only members that forward reads have"
         );
     }
-    config.kafka.ensure_topic().await?;
+    tally_pipeline::topic::ensure(&config.kafka).await?;
     let reader = Store::open(&config.db, &config.kafka.topic, OpenMode::CreateIfMissing)
         .with_context(|| format!("cannot open database {}", config.db.display()))?;
     let stop = CancellationToken::new();

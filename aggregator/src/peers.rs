@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use tally_pipeline::client_config::{self, Fetch};
 use tally_pipeline::kafka::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +54,7 @@ impl Peers {
     /// Starts the thread that reads the group until `stop`.
     pub fn watch(kafka: &KafkaArgs, group: &str, stop: CancellationToken) -> anyhow::Result<Peers> {
         let peers = Peers::default();
-        let client: BaseConsumer = kafka.reader().create()?;
+        let client: BaseConsumer = client_config::reader(kafka, &Fetch::default()).create()?;
         let (topic, group, out) = (kafka.topic.clone(), group.to_owned(), peers.clone());
         std::thread::Builder::new()
             .name("peers".into())
@@ -72,7 +73,7 @@ impl Peers {
 
 fn read(client: &BaseConsumer, topic: &str, group: &str) -> anyhow::Result<Table> {
     let timeout = Duration::from_secs(5);
-    let partitions = tally_pipeline::kafka::partitions_of(client, topic, timeout)?.len() as i32;
+    let partitions = tally_pipeline::topic::partitions_of(client, topic, timeout)?.len() as i32;
     let list = client.fetch_group_list(Some(group), timeout)?;
     let mut owners = BTreeMap::new();
     for g in list.groups().iter().filter(|g| g.name() == group) {

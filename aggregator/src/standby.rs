@@ -29,11 +29,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tally_pipeline::applier::Applier;
+use tally_pipeline::client_config::{self, Fetch};
 use tally_pipeline::fold::Folded;
-use tally_pipeline::kafka::{partitions_of, record_of};
+use tally_pipeline::kafka::record_of;
 use tally_pipeline::kafka_log::LoggingContext;
 use tally_pipeline::store::{OpenMode, Store};
-use tally_pipeline::topic::judge_position;
+use tally_pipeline::topic::{judge_position, partitions_of};
 use tokio_util::sync::CancellationToken;
 
 use crate::instruments;
@@ -51,7 +52,7 @@ const METADATA_EVERY: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// Fetch wait: the standby is behind by design, so it asks for fewer, larger fetches.
-const FETCH_WAIT_MS: &str = "500";
+const FETCH_WAIT: Duration = Duration::from_millis(500);
 
 /// Partitions the group member of this process owns now. Lock it across claiming and reading
 /// the stored offsets (the member) or across dropping claimed partitions and committing (the
@@ -90,10 +91,11 @@ pub fn run(
     let mut store = Store::open(&config.db, &topic, OpenMode::Existing)
         .with_context(|| format!("standby cannot open database {}", config.db.display()))?;
     store.bind_idempotency_window(config.idempotency_window())?;
-    let mut reader = config.kafka.reader();
-    reader.set("fetch.wait.max.ms", FETCH_WAIT_MS);
-    let consumer: BaseConsumer<LoggingContext> = config
-        .fetch_limits(&mut reader)
+    let fetch = Fetch {
+        wait_max: Some(FETCH_WAIT),
+        ..config.fetch()
+    };
+    let consumer: BaseConsumer<LoggingContext> = client_config::reader(&config.kafka, &fetch)
         .create_with_context(LoggingContext::default())
         .context("cannot create the standby's Kafka reader")?;
     let mut s = Standby {

@@ -15,8 +15,10 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
-use tally_pipeline::kafka::{partitions_of, KafkaArgs};
+use tally_pipeline::client_config::{self, Fetch, Member};
+use tally_pipeline::kafka::KafkaArgs;
 use tally_pipeline::record::encode_value;
+use tally_pipeline::topic::{self, partitions_of};
 use tally_testkit::unique;
 
 use crate::loadgen::Truth;
@@ -32,13 +34,11 @@ pub(crate) async fn raw_produce(
     keys: u64,
     mut truth: Option<&mut Truth>,
 ) -> anyhow::Result<f64> {
-    kafka.ensure_topic().await?;
+    topic::ensure(kafka).await?;
     // No message timeout: a backlog of a million queued records can take longer than any fixed
     // timeout to drain on a loaded machine.
-    let producer: FutureProducer = kafka
-        .producer(Duration::ZERO)
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+    let producer: FutureProducer =
+        client_config::producer(kafka, Duration::ZERO, Some(1_000_000)).create()?;
     let start = Instant::now();
     let mut pending = Vec::with_capacity(n as usize);
     let value = encode_value(1);
@@ -69,8 +69,9 @@ pub(crate) async fn raw_single_produce(
     concurrency: usize,
     secs: f64,
 ) -> anyhow::Result<f64> {
-    kafka.ensure_topic().await?;
-    let producer: FutureProducer = kafka.producer(Duration::from_secs(30)).create()?;
+    topic::ensure(kafka).await?;
+    let producer: FutureProducer =
+        client_config::producer(kafka, Duration::from_secs(30), None).create()?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
@@ -127,7 +128,7 @@ pub(crate) fn raw_produce_to_fetch(
     rate: f64,
     secs: f64,
 ) -> anyhow::Result<Millis> {
-    rt.block_on(kafka.ensure_topic())?;
+    rt.block_on(topic::ensure(kafka))?;
     let consumer = end_reader(kafka)?;
     let (acked, seen): (Times, Times) = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -154,8 +155,7 @@ pub(crate) fn raw_produce_to_fetch(
 /// A raw consumer with the aggregator's fetch wait, assigned to every partition's end, its
 /// start offsets resolved (so that it sees everything produced from now on).
 fn end_reader(kafka: &KafkaArgs) -> anyhow::Result<BaseConsumer> {
-    let consumer: BaseConsumer = kafka
-        .reader()
+    let consumer: BaseConsumer = client_config::reader(kafka, &Fetch::default())
         .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .set("enable.partition.eof", "false")
         .create()?;
@@ -180,7 +180,8 @@ async fn produce_at_rate(
     secs: f64,
     acked: &Times,
 ) -> anyhow::Result<()> {
-    let producer: FutureProducer = kafka.producer(Duration::from_secs(30)).create()?;
+    let producer: FutureProducer =
+        client_config::producer(kafka, Duration::from_secs(30), None).create()?;
     let start = Instant::now();
     let mut tasks = Vec::new();
     let mut n = 0u64;
@@ -263,12 +264,20 @@ pub(crate) fn raw_consume(kafka: &KafkaArgs, group: bool) -> anyhow::Result<RawR
     let consumer: BaseConsumer = if group {
         // A plain group member: no stored offsets, so it starts where the log starts (Tally's
         // consumers use auto.offset.reset=error and set their start offsets themselves).
-        kafka
-            .group_consumer(&unique("raw"), Duration::from_secs(6))
-            .set("auto.offset.reset", "earliest")
-            .create()?
+        client_config::group_member(
+            kafka,
+            &Member {
+                group: &unique("raw"),
+                session_timeout: Duration::from_secs(6),
+                client_id: None,
+                statistics_interval: None,
+                fetch: Fetch::default(),
+            },
+        )
+        .set("auto.offset.reset", "earliest")
+        .create()?
     } else {
-        kafka.reader().create()?
+        client_config::reader(kafka, &Fetch::default()).create()?
     };
     let parts = partitions_of(&consumer, &kafka.topic, Duration::from_secs(30))?;
     if group {

@@ -18,9 +18,11 @@ use anyhow::{bail, Context as _};
 use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 use serde_json::Value;
+use tally_pipeline::client_config;
 use tally_pipeline::kafka::KafkaArgs;
 use tally_pipeline::partition::partition_for;
 use tally_pipeline::record::encode_value;
+use tally_pipeline::topic;
 use tally_testkit::broker::Broker;
 use tally_testkit::client::Drift;
 use tally_testkit::process::Proc;
@@ -128,11 +130,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
 
 /// Writes the log in chunks (a bounded number of deliveries awaited at a time).
 async fn produce(kafka: &KafkaArgs, cfg: &Config) -> anyhow::Result<Log> {
-    kafka.ensure_topic().await?;
-    let producer: FutureProducer = kafka
-        .producer(Duration::ZERO)
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+    topic::ensure(kafka).await?;
+    let producer: FutureProducer =
+        client_config::producer(kafka, Duration::ZERO, Some(1_000_000)).create()?;
     let value = encode_value(1);
     let mut log = Log {
         sums: BTreeMap::new(),

@@ -29,7 +29,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     telemetry::handle();
-    config.kafka.ensure_topic().await?;
+    tally_pipeline::topic::ensure(&config.kafka).await?;
     let appender = producer::Appender::new(
         &config.kafka,
         config.delivery_timeout(),

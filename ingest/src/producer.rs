@@ -20,6 +20,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientContext;
 use tally_http::ApiError;
+use tally_pipeline::client_config;
 use tally_pipeline::kafka::KafkaArgs;
 use tally_pipeline::kafka_log::{ClientLog, Verdict};
 use tally_pipeline::record::{encode_request, encode_value, request_fingerprint, REQUEST_HEADER};
@@ -86,12 +87,7 @@ impl Appender {
         delivery_timeout: Duration,
         max_queued_records: u64,
     ) -> anyhow::Result<Self> {
-        let producer = kafka
-            .producer(delivery_timeout)
-            .set(
-                "queue.buffering.max.messages",
-                max_queued_records.to_string(),
-            )
+        let producer = client_config::producer(kafka, delivery_timeout, Some(max_queued_records))
             .create_with_context(Ctx::default())
             .context("cannot create the Kafka producer")?;
         Ok(Appender {

@@ -3,16 +3,23 @@
 //! each partition's log still holding everything past the offsets a database stores.
 //!
 //! The judgements are pure functions ([`judge_configs`], [`judge_position`]) so that they are
-//! unit-tested without a broker; [`KafkaArgs::check_topic`] reads the configuration with
-//! DescribeConfigs and applies them at start in ingest, the aggregator and the replayer.
+//! unit-tested without a broker; [`check`] reads the configuration with DescribeConfigs and
+//! applies them at start in ingest, the aggregator and the replayer. The topic's creation
+//! ([`ensure`]), its id ([`id`], [`check_id`]) and its partitions ([`partitions_of`]) are asked
+//! of the broker here too.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::error::RDKafkaErrorCode;
 
+use crate::client_config;
 use crate::kafka::KafkaArgs;
+
+/// How long an admin request (creation, configuration, id) may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Topic settings Tally creates its topic with: never delete a record, never compact.
 pub const CREATE_CONFIGS: [(&str, &str); 3] = [
@@ -135,94 +142,151 @@ pub fn judge_topic_id(topic: &str, stored: &str, current: &str) -> Result<(), St
     ))
 }
 
-impl KafkaArgs {
-    /// Reads the topic's configuration (DescribeConfigs) and refuses what would lose or miscount
-    /// increments ([`judge_configs`]); logs accepted finite retention as a warning.
-    pub async fn check_topic(&self) -> anyhow::Result<()> {
-        let admin = self.admin()?;
-        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
-        let results = admin
-            .describe_configs([&ResourceSpecifier::Topic(&self.topic)], &opts)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot read the configuration of topic {} on {}",
-                    self.topic, self.brokers
-                )
-            })?;
-        let Some(result) = results.into_iter().next() else {
-            bail!(
-                "the broker returned no configuration for topic {}",
-                self.topic
-            );
-        };
-        let resource = result.map_err(|code| {
-            anyhow::anyhow!(
-                "cannot read the configuration of topic {} on {}: {code}",
-                self.topic,
-                self.brokers
+/// Creates the topic when it is missing, keeping every record for ever ([`CREATE_CONFIGS`]),
+/// then checks the topic's configuration as it is ([`check`]); an existing topic is fine
+/// whatever its size.
+pub async fn ensure(kafka: &KafkaArgs) -> anyhow::Result<()> {
+    create(kafka).await?;
+    check(kafka).await
+}
+
+/// Creates the topic with the flags' partitions and replication factor, unless it exists.
+async fn create(kafka: &KafkaArgs) -> anyhow::Result<()> {
+    let admin = client_config::admin(kafka)?;
+    let mut topic = NewTopic::new(
+        &kafka.topic,
+        kafka.partitions,
+        TopicReplication::Fixed(kafka.replication_factor),
+    );
+    for (name, value) in CREATE_CONFIGS {
+        topic = topic.set(name, value);
+    }
+    let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+    let results = admin
+        .create_topics([&topic], &opts)
+        .await
+        .with_context(|| format!("cannot create topic {} on {}", kafka.topic, kafka.brokers))?;
+    for r in results {
+        match r {
+            Ok(_) => {
+                tracing::info!(topic = %kafka.topic, partitions = kafka.partitions, "created topic")
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic = %kafka.topic, "topic exists")
+            }
+            Err((t, code)) => bail!("cannot create topic {t} on {}: {code}", kafka.brokers),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the topic's configuration (DescribeConfigs) and refuses what would lose or miscount
+/// increments ([`judge_configs`]); logs accepted finite retention as a warning.
+pub async fn check(kafka: &KafkaArgs) -> anyhow::Result<()> {
+    let admin = client_config::admin(kafka)?;
+    let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(&kafka.topic)], &opts)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot read the configuration of topic {} on {}",
+                kafka.topic, kafka.brokers
             )
         })?;
-        let configs: HashMap<String, String> = resource
-            .entries
-            .into_iter()
-            .filter_map(|e| Some((e.name, e.value?)))
-            .collect();
-        match judge_configs(&self.topic, &configs, self.accept_finite_retention)
-            .map_err(anyhow::Error::msg)?
-        {
-            TopicCheck::KeepsEverything => {
-                tracing::debug!(topic = %self.topic, "topic keeps every record")
-            }
-            TopicCheck::FiniteRetentionAccepted(what) => tracing::warn!(
-                topic = %self.topic, retention = %what,
-                "topic deletes records; accepted by --accept-finite-retention: rebuild, verify \
-                 and as-of see only what is left of the log"
-            ),
+    let Some(result) = results.into_iter().next() else {
+        bail!(
+            "the broker returned no configuration for topic {}",
+            kafka.topic
+        );
+    };
+    let resource = result.map_err(|code| {
+        anyhow::anyhow!(
+            "cannot read the configuration of topic {} on {}: {code}",
+            kafka.topic,
+            kafka.brokers
+        )
+    })?;
+    let configs: HashMap<String, String> = resource
+        .entries
+        .into_iter()
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect();
+    match judge_configs(&kafka.topic, &configs, kafka.accept_finite_retention)
+        .map_err(anyhow::Error::msg)?
+    {
+        TopicCheck::KeepsEverything => {
+            tracing::debug!(topic = %kafka.topic, "topic keeps every record")
         }
-        Ok(())
+        TopicCheck::FiniteRetentionAccepted(what) => tracing::warn!(
+            topic = %kafka.topic, retention = %what,
+            "topic deletes records; accepted by --accept-finite-retention: rebuild, verify \
+             and as-of see only what is left of the log"
+        ),
     }
+    Ok(())
+}
 
-    /// The topic's id as the broker gives it (DescribeTopics); `None` from a broker that gives
-    /// none. Blocking.
-    pub fn topic_id(&self) -> anyhow::Result<Option<String>> {
-        let admin = self.admin()?;
-        let id = crate::topic_id::describe(
-            admin.inner().native_ptr(),
-            &self.topic,
-            Duration::from_secs(30),
-        )?;
-        if id.is_none() {
-            tracing::debug!(topic = %self.topic, "the broker gives no topic id");
-        }
-        Ok(id)
-    }
+/// [`check`] for callers without an async runtime (the replayer).
+pub fn check_blocking(kafka: &KafkaArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime for the topic check")?
+        .block_on(check(kafka))
+}
 
-    /// Binds `store` to the topic's id ([`crate::store::Store::bind_topic_id`]) and judges it
-    /// ([`judge_topic_id`]). The outer error is a failure to ask; the inner one says the topic
-    /// was recreated. A broker that gives no topic id passes (the log-end check of each
-    /// partition, [`judge_position`], is then what catches a recreated topic). Blocking.
-    pub fn check_topic_id(
-        &self,
-        store: &mut crate::store::Store,
-    ) -> anyhow::Result<Result<(), String>> {
-        let Some(current) = self.topic_id()? else {
-            return Ok(Ok(()));
-        };
-        let stored = store
-            .bind_topic_id(&current)
-            .context("cannot store the topic id")?;
-        Ok(judge_topic_id(&self.topic, &stored, &current))
+/// The topic's id as the broker gives it (DescribeTopics); `None` from a broker that gives
+/// none. Blocking.
+pub fn id(kafka: &KafkaArgs) -> anyhow::Result<Option<String>> {
+    let admin = client_config::admin(kafka)?;
+    let id = crate::topic_id::describe(admin.inner().native_ptr(), &kafka.topic, ADMIN_TIMEOUT)?;
+    if id.is_none() {
+        tracing::debug!(topic = %kafka.topic, "the broker gives no topic id");
     }
+    Ok(id)
+}
 
-    /// [`KafkaArgs::check_topic`] for callers without an async runtime (the replayer).
-    pub fn check_topic_blocking(&self) -> anyhow::Result<()> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start a runtime for the topic check")?
-            .block_on(self.check_topic())
+/// Binds `store` to the topic's id ([`crate::store::Store::bind_topic_id`]) and judges it
+/// ([`judge_topic_id`]). The outer error is a failure to ask; the inner one says the topic
+/// was recreated. A broker that gives no topic id passes (the log-end check of each
+/// partition, [`judge_position`], is then what catches a recreated topic). Blocking.
+pub fn check_id(
+    kafka: &KafkaArgs,
+    store: &mut crate::store::Store,
+) -> anyhow::Result<Result<(), String>> {
+    let Some(current) = id(kafka)? else {
+        return Ok(Ok(()));
+    };
+    let stored = store
+        .bind_topic_id(&current)
+        .context("cannot store the topic id")?;
+    Ok(judge_topic_id(&kafka.topic, &stored, &current))
+}
+
+/// Ids of the topic's partitions, from broker metadata.
+pub fn partitions_of<C: rdkafka::consumer::Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<i32>> {
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("cannot read metadata of topic {topic}"))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .with_context(|| format!("topic {topic} is not in the broker's metadata"))?;
+    if let Some(e) = t.error() {
+        bail!("topic {topic}: {:?}", RDKafkaErrorCode::from(e));
     }
+    let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    ids.sort_unstable();
+    if ids.is_empty() {
+        bail!("topic {topic} has no partitions (does it exist?)");
+    }
+    Ok(ids)
 }
 
 #[cfg(test)]

@@ -4,13 +4,14 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tally_pipeline::applier::Applier;
 use tally_pipeline::kafka::KafkaArgs;
 use tally_pipeline::store::{OpenMode, Store};
+use tally_pipeline::topic;
+use tally_pipeline::window::WindowArgs;
 
 use crate::as_of::{Filter, Format};
 use crate::positions::{From, To};
@@ -24,13 +25,8 @@ use crate::positions::{From, To};
 pub struct Cli {
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// How long a request with an Idempotency-Key is remembered, in seconds of log time. A
-    /// database keeps the window it was first folded with: `rebuild` stores this one in a new
-    /// database (3600 when not given), and `--continue` or `verify` with another than the
-    /// stored one is refused. Give the live aggregator's window to `rebuild` and `as-of`.
-    #[arg(long, global = true, env = "TALLY_IDEMPOTENCY_WINDOW_SECS",
-          value_parser = clap::value_parser!(u64).range(1..=365 * 24 * 60 * 60))]
-    pub idempotency_window_secs: Option<u64>,
+    #[command(flatten)]
+    pub window: WindowArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -126,8 +122,8 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
-    cli.kafka.check_topic_blocking()?;
-    let window = cli.idempotency_window_secs.map(Duration::from_secs);
+    topic::check_blocking(&cli.kafka)?;
+    let window = cli.window.window();
     match cli.command {
         Command::Rebuild {
             db,
@@ -148,7 +144,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 anyhow::anyhow!("{e}; {hint}")
             })?;
-            if let Err(why) = cli.kafka.check_topic_id(&mut store)? {
+            if let Err(why) = topic::check_id(&cli.kafka, &mut store)? {
                 anyhow::bail!("{why}; rebuild into a new database");
             }
             store.bind_idempotency_window(window)?;

@@ -11,18 +11,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tally_pipeline::applier::Applier;
 use tally_pipeline::fold::Folded;
-use tally_pipeline::kafka::{partitions_of, KafkaArgs};
-use tally_pipeline::kafka_log::LoggingContext;
-use tally_pipeline::topic::judge_position;
+use tally_pipeline::kafka::KafkaArgs;
+use tally_pipeline::topic::{judge_position, partitions_of};
 
 use crate::positions::{From, To};
 use crate::progress::Progress;
+use crate::reader::{reader, Reader};
 use crate::timestamps;
 
 /// Commit at least this often, so a killed rebuild keeps most of its work.
@@ -278,25 +278,6 @@ fn start_offset(
         )),
         (None, Wanted::Default) => Ok(0),
     }
-}
-
-/// A reader of assigned partitions; librdkafka's reports are logged once, at their level
-/// ([`LoggingContext`]; reaching a partition's end, how a replay finishes, is debug).
-pub(crate) type Reader = BaseConsumer<LoggingContext>;
-
-/// Most bytes one fetch response may carry. With librdkafka's 50 MB default, tansu answers the
-/// first fetch of a rebuild with the whole log in one response, so folding could not start
-/// until the broker had read all of it; 2 MB responses let the fold overlap the next fetch
-/// (BENCHMARKS.md, "Reading runs 7 and 8").
-const FETCH_MAX_BYTES: &str = "2097152";
-
-/// A reader of explicitly assigned partitions (no group).
-pub(crate) fn reader(kafka: &KafkaArgs) -> anyhow::Result<Reader> {
-    kafka
-        .reader()
-        .set("fetch.max.bytes", FETCH_MAX_BYTES)
-        .create_with_context(LoggingContext::default())
-        .context("cannot create the Kafka reader")
 }
 
 pub(crate) fn close(consumer: &Reader, topic: &str, open: &mut BTreeSet<i32>, p: i32) {

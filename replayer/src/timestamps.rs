@@ -12,7 +12,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tally_pipeline::kafka::KafkaArgs;
 
-use crate::replay::reader;
+use crate::reader::reader;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -126,7 +126,10 @@ pub fn verify(
     let live_store = Store::open(live, &kafka.topic, OpenMode::Existing)
         .with_context(|| format!("cannot open the live database {}", live.display()))?;
     // Read-only: verify never binds a database to an id, it only compares a bound one.
-    if let (Some(stored), Some(current)) = (live_store.stored_topic_id()?, kafka.topic_id()?) {
+    if let (Some(stored), Some(current)) = (
+        live_store.stored_topic_id()?,
+        tally_pipeline::topic::id(kafka)?,
+    ) {
         tally_pipeline::topic::judge_topic_id(&kafka.topic, &stored, &current)
             .map_err(anyhow::Error::msg)?;
     }
