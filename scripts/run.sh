@@ -14,6 +14,12 @@ export TALLY_DB="${TALLY_DB:-$data/tally.db}"
 mkdir -p "$data"
 
 say() { echo "run.sh: $*" >&2; }
+# librdkafka's TLS links the system's OpenSSL: its headers and pkg-config, once.
+if ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl 2>/dev/null; then
+  say "installing libssl-dev and pkg-config (apt)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
+fi
 say "installing Apache Kafka if missing (first run: Maven Central, about a minute)"
 infra/install-kafka.sh >/dev/null
 say "building ingest, aggregator and replayer (release; the first build takes several minutes)"

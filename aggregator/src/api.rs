@@ -89,8 +89,13 @@ pub struct Forward {
 }
 
 impl Forward {
-    pub fn new(url: String, peers: crate::peers::Peers) -> anyhow::Result<Self> {
+    pub fn new(
+        url: String,
+        peers: crate::peers::Peers,
+        read_token: Option<&tally_http::auth::Bearer>,
+    ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
+            .default_headers(crate::read_auth::forwarding_headers(read_token)?)
             .connect_timeout(Duration::from_secs(2))
             .build()?;
         Ok(Forward { url, peers, client })
@@ -479,6 +484,9 @@ async fn get_offsets(api: Api) -> Result<Response, ApiError> {
 fn readyz(api: Api) -> Result<Response, ApiError> {
     let progress = api.progress.borrow().clone();
     let not_ready = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", m);
+    if let Some(why) = tally_pipeline::kafka_access::current() {
+        return Err(tally_http::kafka_refused(why));
+    }
     if let Some(why) = progress.refused {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -37,6 +37,16 @@ pub struct Config {
     /// partitions other members own.
     #[arg(long, env = "TALLY_STANDBY", default_value_t = false)]
     pub standby: bool,
+    /// Bearer token every read must carry (`Authorization: Bearer TOKEN`); members send it with
+    /// the reads they forward to each other. Empty: reads are open. `/healthz`, `/readyz`,
+    /// `/metrics` and the status page's files stay open. Not ingest's write token.
+    #[arg(
+        long,
+        env = "TALLY_READ_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub read_token: String,
     /// Address of the HTTP API.
     #[arg(
         long,

@@ -473,6 +473,8 @@ pub fn run(
                 }
                 // Error events also went to the context's error callback, which logged them.
                 Some(Err(e @ KafkaError::MessageConsumption(_))) => {
+                    // A fetch refused by an ACL comes only this way: kept for /readyz.
+                    tally_pipeline::kafka_access::note(&e, "a fetch was refused");
                     tracing::debug!(error = %e, "consumer error")
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),

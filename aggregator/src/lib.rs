@@ -1,5 +1,6 @@
 //! The aggregator: a consumer-group member that folds its partitions into exact per-key sums
-//! in SQLite ([`consumer`]) and serves them over HTTP ([`api`]), with a status page ([`status`]);
+//! in SQLite ([`consumer`]) and serves them over HTTP ([`api`]; reads need the token of [`read_auth`] when one is set),
+//! with a status page ([`status`]);
 //! the consumer tells the API what it committed and how far behind it is through [`progress`],
 //! and records metrics named in [`instruments`]. With a database per aggregator, [`peers`]
 //! reads from the group who owns which partition, so that any member answers any key.
@@ -14,6 +15,7 @@ pub mod consumer;
 pub mod instruments;
 pub mod peers;
 pub mod progress;
+pub mod read_auth;
 pub mod standby;
 pub mod status;
 
@@ -26,6 +28,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tally_pipeline::store::{OpenMode, Store};
 use tokio_util::sync::CancellationToken;
+use warp::Filter as _;
 
 pub use config::Config;
 
@@ -46,10 +49,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let stop = CancellationToken::new();
     let metrics = instruments::install();
     let (progress_tx, progress_rx) = progress::channel();
+    let read_token = read_auth::bearer(&config.read_token);
     let forward = match &config.advertise_url {
         Some(url) => Some(api::Forward::new(
             url.clone(),
             peers::Peers::watch(&config.kafka, &config.group, stop.clone())?,
+            read_token.as_ref(),
         )?),
         None => None,
     };
@@ -60,7 +65,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config.limits(),
     )
     .forwarding(forward);
-    let (addr, server) = warp::serve(api::routes(api))
+    let (addr, server) = warp::serve(read_auth::guard(read_token).or(api::routes(api)))
         .try_bind_with_graceful_shutdown(config.listen, stop.clone().cancelled_owned())
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(%addr, "aggregator API listening");

@@ -23,8 +23,39 @@ function parseExact(text) {
   });
 }
 
+// The read token (aggregator --read-token): asked for once when a read answers 401, kept in
+// this tab's sessionStorage (gone when the tab closes; never in a cookie or the URL) and sent
+// as `Authorization: Bearer` with every read.
+const TOKEN_KEY = "tally-read-token";
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function askForToken(wrong) {
+  const form = document.getElementById("token-form");
+  document.getElementById("token-wrong").hidden = !wrong;
+  if (form.hidden) {
+    form.hidden = false;
+    document.getElementById("token").focus();
+  }
+}
+
+document.getElementById("token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const input = document.getElementById("token");
+  sessionStorage.setItem(TOKEN_KEY, input.value);
+  input.value = "";
+  e.target.hidden = true;
+});
+
 async function getJson(path) {
-  const r = await fetch(path, { cache: "no-store" });
+  const r = await fetch(path, { cache: "no-store", headers: authHeaders() });
+  if (r.status === 401) {
+    askForToken(sessionStorage.getItem(TOKEN_KEY) !== null);
+    throw new Error("reads need the read token");
+  }
   const text = await r.text();
   return { status: r.status, body: r.ok ? parseExact(text) : null };
 }

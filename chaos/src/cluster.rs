@@ -245,6 +245,7 @@ impl Nodes {
                 "broker.session.timeout.ms=6000".into(),
                 "broker.heartbeat.interval.ms=1000".into(),
             ],
+            ..KafkaOptions::default()
         };
         let cluster = Cluster::start_on(specs, opts);
         let topic = unique("cluster");

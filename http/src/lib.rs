@@ -1,8 +1,11 @@
 //! HTTP plumbing that ingest and the aggregator share: the one JSON error shape
-//! (`{"error":{"code","message"}}`), turning every warp rejection into it, and `/healthz`.
+//! (`{"error":{"code","message"}}`), turning every warp rejection into it, `/healthz`, and the
+//! bearer-token check ([`auth`]) of ingest's writes and the aggregator's reads.
 //!
 //! What must not live here: routes or handlers of a particular service, or anything about
 //! records, sums or Kafka.
+
+pub mod auth;
 
 use std::convert::Infallible;
 
@@ -71,12 +74,24 @@ impl Reply for ApiError {
             },
         };
         let mut resp = json(self.status, &body);
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                warp::http::header::WWW_AUTHENTICATE,
+                warp::http::HeaderValue::from_static("Bearer"),
+            );
+        }
         if let Some(s) = self.retry_after {
             resp.headers_mut()
                 .insert(warp::http::header::RETRY_AFTER, s.into());
         }
         resp
     }
+}
+
+/// `/readyz`'s answer while the brokers refuse this process (a login, a certificate, an ACL):
+/// 503 `kafka_access_refused` with the reason.
+pub fn kafka_refused(why: String) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "kafka_access_refused", why).retry_after(5)
 }
 
 /// A JSON response with a status.

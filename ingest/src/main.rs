@@ -8,7 +8,7 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("ingest failed: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(tally_pipeline::kafka_access::exit_code(&e))
         }
     }
 }

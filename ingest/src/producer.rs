@@ -223,7 +223,10 @@ fn unavailable(e: &KafkaError) -> ApiError {
         ),
     };
     metrics::counter!(telemetry::BROKER_ERRORS, "code" => code).increment(1);
-    tracing::warn!(error = %e, code, "append failed");
+    // A refusal (ACL, login) is logged once per episode there, and shown by /readyz.
+    if !tally_pipeline::kafka_access::note(e, "a produce request was refused") {
+        tracing::warn!(error = %e, code, "append failed");
+    }
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
 }
 

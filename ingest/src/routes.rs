@@ -15,7 +15,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::TryStreamExt;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use subtle::ConstantTimeEq;
 use tally_http::{json, ApiError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warp::http::{HeaderMap, StatusCode};
@@ -32,8 +31,8 @@ pub struct ClientAddr(pub SocketAddr);
 
 /// What a write must get past before its body is read.
 pub struct Guards {
-    /// Expected `Authorization` header value (`Bearer TOKEN`); `None`: no auth.
-    authorization: Option<Vec<u8>>,
+    /// The write token; `None`: no auth.
+    authorization: Option<tally_http::auth::Bearer>,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
@@ -55,8 +54,10 @@ impl Guards {
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
         Guards {
-            authorization: (!auth_token.is_empty())
-                .then(|| format!("Bearer {auth_token}").into_bytes()),
+            authorization: tally_http::auth::Bearer::new(
+                auth_token,
+                "send the header Authorization: Bearer <token>",
+            ),
             limiter,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
@@ -71,17 +72,8 @@ impl Guards {
         headers: &HeaderMap,
         client: Option<IpAddr>,
     ) -> Result<OwnedSemaphorePermit, ApiError> {
-        if let Some(want) = &self.authorization {
-            let got = headers
-                .get(warp::http::header::AUTHORIZATION)
-                .map_or(&b""[..], |v| v.as_bytes());
-            if !bool::from(got.ct_eq(want)) {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "send the header Authorization: Bearer <token>",
-                ));
-            }
+        if let Some(bearer) = &self.authorization {
+            bearer.check(headers)?;
         }
         if let Some(limiter) = &self.limiter {
             let ip = client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -202,6 +194,9 @@ pub fn routes(
         .then(move |s: Arc<State>| {
             let readiness = readiness.clone();
             async move {
+                if let Some(why) = tally_pipeline::kafka_access::current() {
+                    return tally_http::kafka_refused(why).into_response();
+                }
                 if readiness.check(&s).await {
                     json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
                 } else {

@@ -27,6 +27,8 @@ pub enum Kind {
     GroupMember,
     Reader,
     Admin,
+    /// The access probe ([`plain`]).
+    Plain,
 }
 
 /// How a consumer fetches; `None` keeps librdkafka's default.
@@ -162,6 +164,12 @@ pub fn admin(kafka: &KafkaArgs) -> anyhow::Result<AdminClient<LoggingContext>> {
         .context("cannot create the Kafka admin client")
 }
 
+/// Only the brokers and the operator's settings, librdkafka's defaults otherwise: the start-up
+/// access probe's client ([`crate::kafka_access::probe`]), which must not need a group's ACLs.
+pub fn plain(kafka: &KafkaArgs) -> ClientConfig {
+    finish(kafka, Kind::Plain, base(kafka))
+}
+
 /// Completes the settings of every client, of every [`Kind`], after Tally has set its own.
 ///
 /// This is the one choke point every client's settings pass through: settings an operator
@@ -169,8 +177,13 @@ pub fn admin(kafka: &KafkaArgs) -> anyhow::Result<AdminClient<LoggingContext>> {
 /// applied last so that they reach every kind of client alike, with the settings that carry a
 /// guarantee set above (`acks`, `enable.idempotence`, `partitioner`, `isolation.level`,
 /// `enable.auto.commit`, `enable.auto.offset.store`, `auto.offset.reset`) refused rather than
-/// overridden. Today Tally's own settings are all there is.
-fn finish(_kafka: &KafkaArgs, _kind: Kind, c: ClientConfig) -> ClientConfig {
+/// overridden: the operator's settings ([`crate::kafka_overrides`]) are judged at start
+/// ([`crate::kafka_access::check`] ends the process on a refused key) and applied here to every
+/// kind alike.
+fn finish(kafka: &KafkaArgs, _kind: Kind, mut c: ClientConfig) -> ClientConfig {
+    if let Ok(o) = kafka.overrides() {
+        o.apply(&mut c);
+    }
     c
 }
 

@@ -36,6 +36,12 @@ pub struct KafkaArgs {
     /// log, and an aggregator that falls behind the retention stops the partition.
     #[arg(long, env = "TALLY_ACCEPT_FINITE_RETENTION", default_value_t = false)]
     pub accept_finite_retention: bool,
+    /// The operator's own client settings (security, mostly), applied after Tally's.
+    #[command(flatten)]
+    pub client_config: crate::kafka_overrides::KafkaConfigArgs,
+    /// [`KafkaArgs::overrides`], judged once.
+    #[arg(skip)]
+    overrides: std::sync::OnceLock<Result<crate::kafka_overrides::Overrides, String>>,
 }
 
 impl KafkaArgs {
@@ -47,6 +53,28 @@ impl KafkaArgs {
             replication_factor: 1,
             kafka_debug: None,
             accept_finite_retention: false,
+            client_config: Default::default(),
+            overrides: Default::default(),
+        }
+    }
+
+    /// The operator's client settings ([`crate::kafka_overrides`]), read and judged once. The
+    /// start-up check ([`crate::kafka_access::check`]) ends the process on an error; the client
+    /// builders apply them only when valid ([`crate::client_config`]'s `finish`).
+    pub fn overrides(
+        &self,
+    ) -> Result<&crate::kafka_overrides::Overrides, crate::kafka_overrides::Misconfigured> {
+        self.overrides
+            .get_or_init(|| self.client_config.load())
+            .as_ref()
+            .map_err(|e| crate::kafka_overrides::Misconfigured(e.clone()))
+    }
+
+    /// `text` without any secret of the operator's settings.
+    pub fn overrides_redact(&self, text: &str) -> String {
+        match self.overrides() {
+            Ok(o) => o.redact(text),
+            Err(_) => text.to_owned(),
         }
     }
 }

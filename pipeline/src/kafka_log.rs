@@ -15,6 +15,8 @@
 //!   reports it on every poll of a consumer). When the brokers stayed unreachable for
 //!   [`OUTAGE_ERROR_AFTER`] (no gap of [`OUTAGE_OVER_AFTER`] without such a report), one ERROR
 //!   line says so; the next outage starts over.
+//! - Access problems (TLS trust, SASL login, ACLs) go to [`crate::kafka_access::note`], which
+//!   logs each once per episode and keeps it for `/readyz`.
 //! - Anything else librdkafka reports as an error is logged as an error.
 
 use std::sync::Mutex;
@@ -120,6 +122,10 @@ impl ClientLog {
 
     /// `ClientContext::error`. Returns the verdict, for callers that count errors.
     pub fn error(&self, error: &KafkaError, reason: &str) -> Verdict {
+        // Refused logins, untrusted certificates, missing ACLs: logged once per episode there.
+        if crate::kafka_access::note(error, reason) {
+            return Verdict::Skip;
+        }
         let verdict = self.state.lock().unwrap_or_else(|e| e.into_inner()).judge(
             Instant::now(),
             error,

@@ -3,7 +3,8 @@
 //! offsets change together ([`store`]), the owner of partitions that folds and commits
 //! ([`applier`]), which partition a key lives in ([`partition`]), the flags that say where the
 //! log is ([`kafka`]) and how long requests are remembered ([`window`]), the settings of every
-//! Kafka client ([`client_config`]), the topic's creation, settings and identity as the broker
+//! Kafka client ([`client_config`]) with the operator's own ([`kafka_overrides`]), whether the
+//! brokers let Tally in ([`kafka_access`]), the topic's creation, settings and identity as the broker
 //! gives them ([`topic`]) and what the Kafka client reports ([`kafka_log`]), and process
 //! plumbing ([`telemetry`], [`shutdown`]).
 //!
@@ -14,7 +15,9 @@ pub mod applier;
 pub mod client_config;
 pub mod fold;
 pub mod kafka;
+pub mod kafka_access;
 pub mod kafka_log;
+pub mod kafka_overrides;
 pub mod partition;
 pub mod record;
 pub mod shutdown;

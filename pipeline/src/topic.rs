@@ -146,6 +146,7 @@ pub fn judge_topic_id(topic: &str, stored: &str, current: &str) -> Result<(), St
 /// then checks the topic's configuration as it is ([`check`]); an existing topic is fine
 /// whatever its size.
 pub async fn ensure(kafka: &KafkaArgs) -> anyhow::Result<()> {
+    crate::kafka_access::check(kafka).await?;
     create(kafka).await?;
     check(kafka).await
 }
@@ -174,6 +175,13 @@ async fn create(kafka: &KafkaArgs) -> anyhow::Result<()> {
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::debug!(topic = %kafka.topic, "topic exists")
             }
+            // A principal without CREATE (the usual ACLs: an administrator creates the topic):
+            // the check that follows tells whether the topic is there.
+            Err((
+                _,
+                RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed,
+            )) => tracing::debug!(topic = %kafka.topic, "not allowed to create the topic"),
             Err((t, code)) => bail!("cannot create topic {t} on {}: {code}", kafka.brokers),
         }
     }
@@ -201,6 +209,14 @@ pub async fn check(kafka: &KafkaArgs) -> anyhow::Result<()> {
         );
     };
     let resource = result.map_err(|code| {
+        if code == RDKafkaErrorCode::TopicAuthorizationFailed {
+            return crate::kafka_access::Misconfigured(format!(
+                "cannot read the configuration of topic {} on {}: the broker's ACLs do not allow \
+                 this principal DescribeConfigs on it (README, Security: ACLs)",
+                kafka.topic, kafka.brokers
+            ))
+            .into();
+        }
         anyhow::anyhow!(
             "cannot read the configuration of topic {} on {}: {code}",
             kafka.topic,
@@ -233,7 +249,10 @@ pub fn check_blocking(kafka: &KafkaArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start a runtime for the topic check")?
-        .block_on(check(kafka))
+        .block_on(async {
+            crate::kafka_access::check(kafka).await?;
+            check(kafka).await
+        })
 }
 
 /// The topic's id as the broker gives it (DescribeTopics); `None` from a broker that gives

@@ -57,6 +57,11 @@ pub struct KafkaOptions {
     pub flush_every_message: bool,
     /// More `name=value` lines for `server.properties`, after Tally's.
     pub extra: Vec<String>,
+    /// More arguments for `StorageTool format` (SCRAM users: [`crate::secured`]).
+    pub format_args: Vec<String>,
+    /// Client settings with which the test kit itself asks the node for metadata (a secured
+    /// listener's TLS and SASL settings).
+    pub client: Vec<(String, String)>,
 }
 
 impl Default for KafkaOptions {
@@ -66,6 +71,8 @@ impl Default for KafkaOptions {
             flush_every_message: false,
             // One partition for group offsets: the coordinator is ready at once.
             extra: vec!["offsets.topic.num.partitions=1".into()],
+            format_args: Vec::new(),
+            client: Vec::new(),
         }
     }
 }
@@ -148,6 +155,7 @@ impl KafkaNode {
             ])
             .arg("--config")
             .arg(self.config_path())
+            .args(&self.opts.format_args)
             .output()
             .expect("cannot run java (is OpenJDK installed?)");
         assert!(
@@ -271,11 +279,23 @@ impl Drop for KafkaNode {
 /// Ids of the brokers that `bootstrap` lists in a metadata answer, or `None` when it does not
 /// answer within `timeout`.
 pub fn metadata_brokers(bootstrap: &str, timeout: Duration) -> Option<Vec<i32>> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    metadata_brokers_with(bootstrap, &[], timeout)
+}
+
+/// [`metadata_brokers`] with more client settings (a secured listener's).
+pub fn metadata_brokers_with(
+    bootstrap: &str,
+    settings: &[(String, String)],
+    timeout: Duration,
+) -> Option<Vec<i32>> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
-        .set("log_level", "0")
-        .create()
-        .ok()?;
+        .set("log_level", "0");
+    for (k, v) in settings {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().ok()?;
     let md = consumer.fetch_metadata(None, timeout).ok()?;
     let mut ids: Vec<i32> = md.brokers().iter().map(|b| b.id()).collect();
     ids.sort_unstable();
@@ -353,7 +373,8 @@ impl Nodes {
         let id = node.spec.id as i32;
         let start = std::time::Instant::now();
         loop {
-            if let Some(ids) = metadata_brokers(&addr, Duration::from_secs(2)) {
+            let settings = &node.opts.client;
+            if let Some(ids) = metadata_brokers_with(&addr, settings, Duration::from_secs(2)) {
                 if ids.contains(&id) {
                     return;
                 }

@@ -1,5 +1,6 @@
 //! Test support for Tally's end-to-end tests: a real Apache Kafka broker (one node, or a
 //! three-node KRaft cluster) per test on free ports with its own data directory ([`broker`]),
+//! or one that lets in only SASL_SSL logins with ACLs ([`secured`]),
 //! Tally's binaries as child processes that can be killed and restarted ([`process`]), HTTP
 //! helpers with ground-truth bookkeeping ([`client`]), and values that tell a loss from a
 //! double on one key ([`ledger`]), and the 0/1/2 exit codes every tool keeps ([`exit`]).
@@ -15,6 +16,7 @@ pub mod exit;
 pub mod ledger;
 pub mod netns;
 pub mod process;
+pub mod secured;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

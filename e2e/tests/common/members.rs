@@ -13,6 +13,11 @@ use serde_json::Value;
 use tally_testkit::client::{http, Drift, GroundTruth};
 use tally_testkit::ledger::{self, Counted, KeyLedger, PER_KEY};
 
+/// How long one increment may go unacknowledged before the load gives up: a broker killed and
+/// restarted at once took 46 s to start on a busy 2-core machine (JVM start, then TLS and SASL
+/// logins and the idempotent producer's new id), so a minute was too tight.
+const ACK_DEADLINE: Duration = Duration::from_secs(180);
+
 /// Keys each client writes at a time; a key is retired after [`PER_KEY`] requests.
 const SLOTS: u64 = 20;
 
@@ -77,7 +82,7 @@ fn load(ingest: &str, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, client: S
         let key = format!("{client}-{slot}-{generation}");
         let idem = format!("{client}-{n}");
         let value = ledger::value(j);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + ACK_DEADLINE;
         let answer: Value = loop {
             let r = c
                 .post(format!("{ingest}/increment"))
@@ -87,7 +92,7 @@ fn load(ingest: &str, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, client: S
             match r {
                 Ok(r) if r.status() == 200 => break r.json().unwrap(),
                 _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                other => panic!("increment not acknowledged within 60 s: {other:?}"),
+                other => panic!("increment not acknowledged within {ACK_DEADLINE:?}: {other:?}"),
             }
         };
         let (p, o) = (
