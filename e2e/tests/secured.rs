@@ -436,7 +436,11 @@ fn secured_pipeline_is_exact_through_broker_and_aggregator_kills() {
 
     let acked = Arc::new(Mutex::new(Acked::default()));
     let load = members::start_load(&ingest_base, &acked, "secured");
-    wait_acked(&acked, 300, "300 acknowledged increments before the broker kill");
+    wait_acked(
+        &acked,
+        300,
+        "300 acknowledged increments before the broker kill",
+    );
     let before = acked.lock().unwrap().truth.acknowledged;
     s.broker.kill();
     s.broker.restart();
@@ -445,15 +449,23 @@ fn secured_pipeline_is_exact_through_broker_and_aggregator_kills() {
     agg.kill();
     agg.restart();
     wait_healthy(&agg_base, &agg);
-    wait_acked(&acked, before + 300, "300 more after the aggregator restart");
+    wait_acked(
+        &acked,
+        before + 300,
+        "300 more after the aggregator restart",
+    );
     load.finish();
     let acked = acked.lock().unwrap().clone();
 
     let c = http();
-    wait_for("the aggregator to catch up", Duration::from_secs(120), || {
-        tally_testkit::client::offsets(&c, &agg_base)
-            .filter(|o| tally_testkit::client::caught_up(o, &acked.truth))
-    });
+    wait_for(
+        "the aggregator to catch up",
+        Duration::from_secs(120),
+        || {
+            tally_testkit::client::offsets(&c, &agg_base)
+                .filter(|o| tally_testkit::client::caught_up(o, &acked.truth))
+        },
+    );
     let reads = members::check(&agg_base, &acked);
     eprintln!(
         "secured kills: {} acknowledged requests, {} keys, lost {}, doubled {}",
@@ -481,7 +493,19 @@ fn secured_pipeline_is_exact_through_broker_and_aggregator_kills() {
         String::from_utf8_lossy(&out.stderr)
     );
     drop((ingest, agg));
-    s.assert_no_password_in(&s.logs(), "the process logs");
+    let logs = s.logs();
+    s.assert_no_password_in(&logs, "the process logs");
+    // Every principal had what it needs: no refusal may have been reported (a reader's unused
+    // group id, say, must not need ACLs of its own).
+    let refused: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("kafka access refused") || l.contains("AuthorizationFailed"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "refusals with the right ACLs:\n{}",
+        refused.join("\n")
+    );
 }
 
 /// The status page under a read token: it shows the token form (its reads answered 401), and
@@ -499,10 +523,14 @@ fn status_page_asks_for_the_token_once(base: &str, token: &str) {
       };
     })()"##;
     let mut page = browser::Browser::open(&format!("{base}/"), 1024, 800);
-    let asked = wait_for("the page to ask for the token", Duration::from_secs(30), || {
-        let v = page.eval(STATE);
-        (v["form"] == true).then_some(v)
-    });
+    let asked = wait_for(
+        "the page to ask for the token",
+        Duration::from_secs(30),
+        || {
+            let v = page.eval(STATE);
+            (v["form"] == true).then_some(v)
+        },
+    );
     assert!(
         asked["error"].as_str().unwrap_or("").contains("read token"),
         "{asked}"
@@ -511,15 +539,25 @@ fn status_page_asks_for_the_token_once(base: &str, token: &str) {
         r#"(() => {{ document.getElementById("token").value = {token:?};
             document.getElementById("token-form").requestSubmit(); return true; }})()"#
     ));
-    let shown = wait_for("the page to render with the token", Duration::from_secs(30), || {
-        let v = page.eval(STATE);
-        (v["form"] == false && v["error"].is_null() && v["partitions"].as_u64()? > 0).then_some(v)
-    });
+    let shown = wait_for(
+        "the page to render with the token",
+        Duration::from_secs(30),
+        || {
+            let v = page.eval(STATE);
+            (v["form"] == false && v["error"].is_null() && v["partitions"].as_u64()? > 0)
+                .then_some(v)
+        },
+    );
     assert_eq!(shown["stored"], true, "{shown}");
     page.eval("(() => { location.reload(); return true; })()");
     std::thread::sleep(Duration::from_millis(500));
-    wait_for("the reloaded page to render without asking", Duration::from_secs(30), || {
-        let v = page.eval(STATE);
-        (v["form"] == false && v["error"].is_null() && v["partitions"].as_u64()? > 0).then_some(())
-    });
+    wait_for(
+        "the reloaded page to render without asking",
+        Duration::from_secs(30),
+        || {
+            let v = page.eval(STATE);
+            (v["form"] == false && v["error"].is_null() && v["partitions"].as_u64()? > 0)
+                .then_some(())
+        },
+    );
 }
