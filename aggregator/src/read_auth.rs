@@ -72,7 +72,7 @@ mod tests {
     fn routes(
         token: Option<Bearer>,
     ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
-        let inner = warp::any().map(|| "data");
+        let inner = warp::any().and_then(|| async { Ok::<_, Rejection>("data") });
         guard(token).or(inner).recover(tally_http::recover)
     }
 

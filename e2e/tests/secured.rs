@@ -13,6 +13,7 @@
 //!
 //! Both grep every log their processes wrote for every password the broker knows.
 
+#[allow(dead_code)]
 mod browser;
 mod common;
 
@@ -177,6 +178,10 @@ fn error_lines(out: &Output) -> Vec<String> {
         .collect()
 }
 
+/// A misconfiguration: its name, the address to connect to, the client settings, and what the
+/// line that ends each binary must say.
+type Case = (&'static str, String, Vec<(String, String)>, &'static str);
+
 #[test]
 fn misconfigured_access_ends_each_binary_fast_with_one_line() {
     let s = Setup::new(2);
@@ -192,7 +197,7 @@ fn misconfigured_access_ends_each_binary_fast_with_one_line() {
         v
     };
     // Each case: a name, the address to connect to, the settings, and what the line must say.
-    let cases: Vec<(&str, String, Vec<(String, String)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "wrong-password",
             b.addr(),

@@ -25,6 +25,9 @@ use crate::broker::{kafka_home, Broker, KafkaOptions, NodeSpec};
 /// The SCRAM users the node is formatted with.
 pub const USERS: [&str; 5] = ["admin", "ingest", "aggregator", "replayer", "nobody"];
 
+/// The group id of Tally's readers of assigned partitions (never joined).
+pub const READER_GROUP: &str = "tally-replayer-unused";
+
 /// The SCRAM mechanism of every user.
 pub const MECHANISM: &str = "SCRAM-SHA-512";
 
@@ -276,6 +279,11 @@ impl SecuredBroker {
             }
         }
         allow("aggregator", "GROUP", group, "READ");
+        // The readers of assigned partitions (replayer, standby, the member table) carry a group
+        // id they never join; librdkafka still looks its coordinator up, which needs DESCRIBE.
+        for user in ["aggregator", "replayer"] {
+            allow(user, "GROUP", READER_GROUP, "DESCRIBE");
+        }
         lines
     }
 
