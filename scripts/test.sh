@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # Tools the tests need (they fail, never skip, without them): Java and Maven for Kafka,
 # Chromium for the status page, systemd-analyze for the units, hadolint for the Dockerfile,
 # HAProxy for the cluster run, iproute2 for hosts in network namespaces (e2e hosts.rs and the
-# cluster run; both need root).
+# cluster run; both need root), Prometheus for the alerting rules.
 missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
@@ -17,6 +17,8 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v ip >/dev/null || missing+=(iproute2)
+# promtool and the Prometheus server (e2e/tests/prometheus.rs) come in one package.
+command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update -qq

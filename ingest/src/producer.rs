@@ -79,6 +79,7 @@ pub struct Appender {
     topic: String,
     delivery_timeout: Duration,
     metrics: telemetry::Produce,
+    ends: telemetry::AckedEnds,
 }
 
 impl Appender {
@@ -95,6 +96,7 @@ impl Appender {
             topic: kafka.topic.clone(),
             delivery_timeout,
             metrics: telemetry::Produce::new(),
+            ends: telemetry::AckedEnds::default(),
         })
     }
 
@@ -113,6 +115,8 @@ impl Appender {
             Ok(landed) => {
                 self.metrics.ok.record(elapsed);
                 self.metrics.accepted.increment(landed.len() as u64);
+                self.ends
+                    .landed(landed.iter().map(|l| (l.partition, l.offset)));
             }
             Err(_) => metrics::histogram!(telemetry::PRODUCE_SECONDS, "outcome" => "error")
                 .record(elapsed),
@@ -171,6 +175,11 @@ impl Appender {
             }
         }
         Ok(landed)
+    }
+
+    /// Sets the gauges of the acknowledged log ends ([`telemetry::ACKED_END`]).
+    pub fn publish_ends(&self) {
+        self.ends.publish();
     }
 
     /// Records enqueued and not yet acknowledged or failed.

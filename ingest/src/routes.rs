@@ -196,6 +196,7 @@ pub fn routes(
             r.map_err(warp::reject::custom)
         });
     let readiness = Arc::new(Readiness::new());
+    let probe = readiness.clone();
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with_state.clone())
@@ -218,7 +219,13 @@ pub fn routes(
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_state)
-        .map(move |s: Arc<State>| render_metrics(&s, &guards));
+        .then(move |s: Arc<State>| {
+            let (probe, guards) = (probe.clone(), guards.clone());
+            async move {
+                let reachable = probe.check(&s).await;
+                render_metrics(&s, &guards, reachable)
+            }
+        });
     tally_http::healthz()
         .or(readyz)
         .unify()
@@ -236,9 +243,14 @@ pub fn routes(
         .with(tally_http::access_log())
 }
 
-fn render_metrics(state: &State, guards: &Guards) -> Response {
+/// Renders `/metrics`, with the gauges sampled now: queue depth, requests in flight, whether a
+/// broker answered the readiness probe (the one `/readyz` uses, cached alike), and the
+/// acknowledged log ends.
+fn render_metrics(state: &State, guards: &Guards, broker_reachable: bool) -> Response {
     metrics::gauge!(telemetry::QUEUE_DEPTH).set(state.appender.queue_depth() as f64);
     metrics::gauge!(telemetry::IN_FLIGHT).set(guards.in_flight() as f64);
+    metrics::gauge!(telemetry::BROKER_REACHABLE).set(if broker_reachable { 1.0 } else { 0.0 });
+    state.appender.publish_ends();
     let text = telemetry::handle().render();
     warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
 }
