@@ -4,7 +4,7 @@
 //! per-partition batches; every commit interval the batches are applied to SQLite in ONE
 //! transaction together with each partition's next offset, by compare-and-set against the
 //! offset the batch started from ([`tally_pipeline::store::Store::apply`]). Kafka's committed
-//! offsets are not used at all: on assignment each partition starts at the offset SQLite holds
+//! offsets are never read: on assignment each partition starts at the offset SQLite holds
 //! (the beginning when none). A consumer that lost a partition without knowing it (a zombie:
 //! paused, partitioned, slow) fails the compare-and-set, drops its pending work for that
 //! partition and resumes from the stored offset; a record is therefore never applied twice and,
@@ -16,7 +16,8 @@
 //! fenced ("commit fenced" in the log, `tally_partition_commits_total{outcome="fenced"}`)
 //! otherwise. After each successful commit the committed offsets are published on a watch
 //! channel ([`crate::progress`]) for read-your-writes, and the log end offsets librdkafka's
-//! statistics report give each owned partition's lag.
+//! statistics report give each owned partition's lag. The same offsets go to the consumer group
+//! for Kafka's tools to display, and for nothing else ([`crate::group_offsets`]).
 //!
 //! Each partition is read from exactly the stored offset (0 when none) with
 //! `auto.offset.reset=error`, so the reader never jumps: offsets it does not hand over between
@@ -41,7 +42,7 @@ use rdkafka::statistics::Statistics;
 use anyhow::Context as _;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -210,10 +211,10 @@ impl Ctx {
 
     /// Commits pending work of every owned partition, then gives `parts` up. Fenced partitions
     /// are logged and counted; their pending work is gone (the applier dropped it).
-    fn give_up(&self, parts: &[i32], why: &str) {
+    fn give_up(&self, parts: &[i32], why: &str) -> Vec<(i32, i64)> {
         let started = Instant::now();
         let result = self.applier().revoke(parts);
-        match result {
+        let committed = match result {
             Ok(r) => {
                 instruments::committed(&r, started.elapsed());
                 for &(p, stored) in &r.fenced {
@@ -221,16 +222,19 @@ impl Ctx {
                 }
                 self.publish(&r.committed);
                 tracing::info!(?parts, committed = r.records, fenced = ?r.fenced, why, "partitions given up after a final commit");
+                r.committed
             }
             Err(e) => {
                 instruments::commit_failed();
                 tracing::warn!(?parts, error = %e, why, "final commit failed, pending work dropped");
+                Vec::new()
             }
-        }
+        };
         // revoke() forgets the partitions even when its commit failed.
         self.applier().discard(parts);
         self.given_up(parts);
         self.unclaim(parts);
+        committed
     }
 
     /// Leaves partitions to the standby (after their last commit, or without one).
@@ -267,6 +271,10 @@ impl ClientContext for Ctx {
 }
 
 impl ConsumerContext for Ctx {
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        crate::group_offsets::outcome(&result);
+    }
+
     /// Replaces the default so that assigned partitions start at the offsets SQLite holds.
     /// Only the eager protocol is configured (`range`), so assign and revoke are whole sets.
     fn rebalance(
@@ -326,7 +334,8 @@ impl ConsumerContext for Ctx {
                     self.give_up(&parts, "assignment lost");
                 } else {
                     instruments::rebalance("revoke");
-                    self.give_up(&parts, "revoked");
+                    let committed = self.give_up(&parts, "revoked");
+                    crate::group_offsets::commit(consumer, &self.topic, &committed);
                 }
                 if let Err(e) = consumer.unassign() {
                     tracing::warn!(error = %e, "unassign failed");
@@ -535,6 +544,7 @@ fn commit(consumer: &BaseConsumer<Ctx>, topic: &str) -> bool {
         Ok(r) => {
             instruments::committed(&r, started.elapsed());
             consumer.context().publish(&r.committed);
+            crate::group_offsets::commit(consumer, topic, &r.committed);
             for &(p, stored) in &r.fenced {
                 tracing::warn!(%topic, partition = p, stored = ?stored, "commit fenced: another consumer advanced this partition; dropped pending work, resuming from the stored offset");
                 seek(consumer, topic, p, stored);

@@ -1,7 +1,8 @@
 //! The aggregator: a consumer-group member that folds its partitions into exact per-key sums
 //! in SQLite ([`consumer`]) and serves them over HTTP ([`api`]), with a status page ([`status`]);
 //! the consumer tells the API what it committed and how far behind it is through [`progress`],
-//! and records metrics named in [`instruments`]. With a database per aggregator, [`peers`]
+//! and records metrics named in [`instruments`]; Kafka's tools see its offsets in the consumer
+//! group ([`group_offsets`]). With a database per aggregator, [`peers`]
 //! reads from the group who owns which partition, so that any member answers any key.
 //!
 //! What lives here: the group membership, commit cadence and the read API. What must not:
@@ -11,6 +12,7 @@
 pub mod api;
 mod config;
 pub mod consumer;
+pub mod group_offsets;
 pub mod instruments;
 pub mod peers;
 pub mod progress;
@@ -45,6 +47,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("cannot open database {}", config.db.display()))?;
     let stop = CancellationToken::new();
     let metrics = instruments::install();
+    tally_pipeline::durability::report(&config.kafka).await;
     let (progress_tx, progress_rx) = progress::channel();
     let forward = match &config.advertise_url {
         Some(url) => Some(api::Forward::new(

@@ -1,34 +1,16 @@
 //! Apache Kafka's own command-line tools through `infra/kafka-cli.sh`, against a test broker:
-//! the topics Tally creates are listed, described and configured as Tally says.
+//! the topics Tally creates are listed, described and configured as Tally says, and
+//! `consumer-groups --describe` shows the offsets the aggregator committed and its lag.
 
 mod common;
 
-use std::process::{Command, Output};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use common::Pipeline;
-use tally_testkit::workspace_root;
-
-/// `infra/kafka-cli.sh ARGS...` with `TALLY_BROKERS` set to `brokers`.
-pub fn kafka_cli(brokers: &str, args: &[&str]) -> Output {
-    Command::new(workspace_root().join("infra/kafka-cli.sh"))
-        .args(args)
-        .env("TALLY_BROKERS", brokers)
-        .output()
-        .expect("cannot run infra/kafka-cli.sh")
-}
-
-/// Its standard output, asserting exit 0.
-pub fn kafka_cli_ok(brokers: &str, args: &[&str]) -> String {
-    let out = kafka_cli(brokers, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "infra/kafka-cli.sh {args:?} exited {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+use common::{assert_sums, kafka_cli, kafka_cli_ok, Pipeline};
+use serde_json::Value;
+use tally_testkit::client::{http, offsets, GroundTruth};
+use tally_testkit::wait_for;
 
 #[test]
 fn kafka_cli_lists_describes_and_configures_tallys_topic() {
@@ -55,7 +37,11 @@ fn kafka_cli_lists_describes_and_configures_tallys_topic() {
             &p.topic,
         ],
     );
-    for setting in ["retention.ms=-1", "retention.bytes=-1", "cleanup.policy=delete"] {
+    for setting in [
+        "retention.ms=-1",
+        "retention.bytes=-1",
+        "cleanup.policy=delete",
+    ] {
         assert!(configs.contains(setting), "{setting} missing:\n{configs}");
     }
 
@@ -63,5 +49,127 @@ fn kafka_cli_lists_describes_and_configures_tallys_topic() {
     let out = kafka_cli(&brokers, &["consumer-group"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error: unknown Kafka tool") && err.contains("consumer-groups"), "{err}");
+    assert!(
+        err.starts_with("error: unknown Kafka tool") && err.contains("consumer-groups"),
+        "{err}"
+    );
+}
+
+/// `consumer-groups --describe` as partition → (CURRENT-OFFSET, LAG), columns found by header;
+/// a dash (nothing committed) is `None`.
+fn group_offsets(brokers: &str, group: &str) -> BTreeMap<i32, (Option<i64>, Option<i64>)> {
+    let text = kafka_cli_ok(
+        brokers,
+        &["consumer-groups", "--describe", "--group", group],
+    );
+    let mut header: Option<Vec<&str>> = None;
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.contains(&"CURRENT-OFFSET") {
+            header = Some(cols);
+            continue;
+        }
+        let Some(h) = &header else { continue };
+        let col = |name: &str| h.iter().position(|c| *c == name).and_then(|i| cols.get(i));
+        let (Some(p), Some(cur), Some(lag)) = (col("PARTITION"), col("CURRENT-OFFSET"), col("LAG"))
+        else {
+            continue;
+        };
+        if let Ok(p) = p.parse::<i32>() {
+            out.insert(p, (cur.parse().ok(), lag.parse().ok()));
+        }
+    }
+    out
+}
+
+/// Appends `n` increments spread over keys; records the ground truth.
+fn write(base: &str, n: usize, round: usize, truth: &mut GroundTruth) {
+    let client = http();
+    for i in 0..n {
+        let key = format!("k{}", (i * 7 + round) % 23);
+        let r = client
+            .post(format!("{base}/increment"))
+            .form(&[("key", key.as_str()), ("value", "3")])
+            .send()
+            .expect("POST /increment");
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().unwrap();
+        truth.add(&key, 3);
+        truth.landed(
+            v["partition"].as_i64().unwrap() as i32,
+            v["offset"].as_i64().unwrap(),
+        );
+    }
+}
+
+/// What Kafka's tools show equals what the aggregator committed to SQLite, within seconds;
+/// while the aggregator is down they show the lag; and offsets changed by hand in Kafka change
+/// nothing: the aggregator starts from SQLite's.
+#[test]
+fn consumer_groups_describe_shows_the_aggregators_offsets_and_lag() {
+    let p = Pipeline::new(4);
+    let ingest = p.ingest(&[]);
+    let mut agg = p.aggregator(&[]);
+    let brokers = p.broker.addr();
+    let mut truth = GroundTruth::default();
+
+    for round in 0..2 {
+        write(&ingest.base, 60, round, &mut truth);
+        p.wait_caught_up(&agg.base, &truth, Duration::from_secs(120));
+        let sqlite = offsets(&http(), &agg.base).expect("/offsets");
+        assert_eq!(sqlite.len(), 4, "{sqlite:?}");
+        // The Kafka commit follows the SQLite one asynchronously.
+        wait_for(
+            "the group's offsets to equal /offsets, at lag 0",
+            Duration::from_secs(60),
+            || {
+                let kafka = group_offsets(&brokers, &p.group);
+                let same = sqlite
+                    .iter()
+                    .all(|(part, next)| kafka.get(part) == Some(&(Some(*next), Some(0))));
+                same.then_some(())
+            },
+        );
+    }
+
+    // The aggregator stops: the tools show the records it has not folded as lag.
+    let committed = offsets(&http(), &agg.base).unwrap();
+    assert!(agg.proc.terminate(Duration::from_secs(60)).success());
+    let before = truth.max_offsets.clone();
+    write(&ingest.base, 40, 2, &mut truth);
+    let kafka = group_offsets(&brokers, &p.group);
+    for (part, next) in &committed {
+        let end = truth.max_offsets[part] + 1;
+        let lag = end - next;
+        assert_eq!(
+            kafka.get(part),
+            Some(&(Some(*next), Some(lag))),
+            "partition {part}"
+        );
+    }
+    assert_ne!(
+        before, truth.max_offsets,
+        "records arrived while it was down"
+    );
+
+    // Someone moves the group to the log's end by hand; the aggregator still folds from SQLite.
+    kafka_cli_ok(
+        &brokers,
+        &[
+            "consumer-groups",
+            "--reset-offsets",
+            "--to-latest",
+            "--execute",
+            "--group",
+            &p.group,
+            "--topic",
+            &p.topic,
+        ],
+    );
+    let kafka = group_offsets(&brokers, &p.group);
+    assert!(kafka.values().all(|(_, lag)| *lag == Some(0)), "{kafka:?}");
+    agg.restart();
+    p.wait_caught_up(&agg.base, &truth, Duration::from_secs(120));
+    assert_sums(&agg.base, &truth);
 }

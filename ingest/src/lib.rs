@@ -30,6 +30,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     telemetry::handle();
     tally_pipeline::topic::ensure(&config.kafka).await?;
+    tally_pipeline::durability::report(&config.kafka).await;
     let appender = producer::Appender::new(
         &config.kafka,
         config.delivery_timeout(),

@@ -4,7 +4,7 @@
 //! ([`applier`]), which partition a key lives in ([`partition`]), the flags that say where the
 //! log is ([`kafka`]) and how long requests are remembered ([`window`]), the settings of every
 //! Kafka client ([`client_config`]), the topic's creation, settings and identity as the broker
-//! gives them ([`topic`]) and what the Kafka client reports ([`kafka_log`]), and process
+//! gives them ([`topic`]), what an acknowledgement is worth on it ([`durability`]) and what the Kafka client reports ([`kafka_log`]), and process
 //! plumbing ([`telemetry`], [`shutdown`]).
 //!
 //! What must not live here: HTTP (ingest's and the aggregator's own), command-line parsing of a
@@ -12,6 +12,7 @@
 
 pub mod applier;
 pub mod client_config;
+pub mod durability;
 pub mod fold;
 pub mod kafka;
 pub mod kafka_log;

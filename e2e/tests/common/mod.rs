@@ -6,7 +6,7 @@
 pub mod members;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +16,7 @@ use tally_testkit::broker::Broker;
 use tally_testkit::client::{caught_up, http, offsets, GroundTruth};
 use tally_testkit::netns::Host;
 use tally_testkit::process::{bin, Proc};
-use tally_testkit::{free_port, unique, wait_for};
+use tally_testkit::{free_port, unique, wait_for, workspace_root};
 
 pub struct Pipeline {
     pub broker: Broker,
@@ -155,7 +155,8 @@ impl Pipeline {
     }
 }
 
-fn wait_healthy(base: &str, proc: &Proc) {
+/// Waits until `base/healthz` answers 200; panics with the process's log after a minute.
+pub fn wait_healthy(base: &str, proc: &Proc) {
     let client = http();
     let url = format!("{base}/healthz");
     let start = std::time::Instant::now();
@@ -263,4 +264,26 @@ impl Drop for Pipeline {
             eprintln!("test directory kept: {}", self.dir.path().display());
         }
     }
+}
+
+/// `infra/kafka-cli.sh ARGS...` with `TALLY_BROKERS` set to `brokers`.
+pub fn kafka_cli(brokers: &str, args: &[&str]) -> Output {
+    Command::new(workspace_root().join("infra/kafka-cli.sh"))
+        .args(args)
+        .env("TALLY_BROKERS", brokers)
+        .output()
+        .expect("cannot run infra/kafka-cli.sh")
+}
+
+/// Its standard output, asserting exit 0.
+pub fn kafka_cli_ok(brokers: &str, args: &[&str]) -> String {
+    let out = kafka_cli(brokers, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "infra/kafka-cli.sh {args:?} exited {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
