@@ -2,17 +2,21 @@
 //! creates has `min.insync.replicas=2`; a topic created beforehand with weaker settings
 //! (`min.insync.replicas=1` with three replicas, `unclean.leader.election.enable=true`) is
 //! reported at start by ingest and by the aggregator, each with one WARN line and the gauge
-//! `tally_topic_weaker_than_promised{reason}`.
+//! `tally_topic_weaker_than_promised{reason}`. And the price of two in-sync replicas with
+//! replication factor 2: writes to a partition stop while one of its brokers is down.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use common::{kafka_cli_ok, wait_healthy};
+use serde_json::Value;
 use tally_testkit::broker::Cluster;
 use tally_testkit::client::http;
 use tally_testkit::process::Proc;
-use tally_testkit::{free_port, unique};
+use tally_testkit::{free_port, unique, wait_for};
 
 const WARNING: &str = "makes an acknowledged write weaker than README's durability table says";
 
@@ -153,5 +157,118 @@ fn a_created_replicated_topic_has_two_in_sync_replicas_and_a_weaker_one_is_repor
         for reason in ["min_insync_replicas_below_2", "unclean_leader_election"] {
             assert_eq!(weaker(&s.base, reason), Some(1.0), "{reason}");
         }
+    }
+}
+
+/// Partition → the ids of its replicas, from `topics --describe`.
+fn replicas(brokers: &str, topic: &str) -> BTreeMap<i32, Vec<u32>> {
+    let text = kafka_cli_ok(brokers, &["topics", "--describe", "--topic", topic]);
+    let field = |line: &str, name: &str| {
+        line.split('\t').find_map(|f| {
+            f.trim()
+                .strip_prefix(name)
+                .map(str::trim)
+                .map(str::to_owned)
+        })
+    };
+    text.lines()
+        .filter_map(|l| {
+            let p = field(l, "Partition:")?.parse().ok()?;
+            let r = field(l, "Replicas:")?
+                .split(',')
+                .map(|id| id.trim().parse().expect("replica id"))
+                .collect();
+            Some((p, r))
+        })
+        .collect()
+}
+
+/// POSTs one increment; the status and, on 200, the partition.
+fn post(base: &str, key: &str) -> (u16, Option<i32>) {
+    let r = http()
+        .post(format!("{base}/increment"))
+        .form(&[("key", key), ("value", "1")])
+        .send()
+        .expect("POST /increment");
+    let status = r.status().as_u16();
+    let body: Value = r.json().unwrap_or(Value::Null);
+    (status, body["partition"].as_i64().map(|p| p as i32))
+}
+
+/// The price README's durability table states for replication factor 2 with two in-sync
+/// replicas: while a broker that holds one of a partition's two replicas is down, writes to
+/// that partition answer 503; a partition with both replicas up takes writes; once the broker
+/// is back, the first takes writes again.
+#[test]
+fn with_replication_factor_2_writes_stop_where_a_replica_is_down() {
+    let mut cluster = Cluster::start();
+    let brokers = cluster.bootstrap();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("rf2");
+    let flags = [
+        "--partitions",
+        "3",
+        "--replication-factor",
+        "2",
+        "--delivery-timeout-ms",
+        "3000",
+    ];
+    let ingest = start("ingest", &brokers, &topic, &flags, dir.path());
+    let placement = replicas(&brokers, &topic);
+    assert_eq!(placement.len(), 3, "{placement:?}");
+    assert!(placement.values().all(|r| r.len() == 2), "{placement:?}");
+
+    // A key in each partition.
+    let mut key_of: BTreeMap<i32, String> = BTreeMap::new();
+    for i in 0..1000 {
+        let key = format!("k{i}");
+        let (status, p) = post(&ingest.base, &key);
+        assert_eq!(status, 200);
+        key_of.entry(p.unwrap()).or_insert(key);
+        if key_of.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(key_of.len(), 3);
+
+    // A node that holds a replica of some partitions and not of others.
+    let ids: Vec<u32> = (0..cluster.len())
+        .map(|i| cluster.node(i).spec.id)
+        .collect();
+    let down = *ids
+        .iter()
+        .find(|id| {
+            placement.values().any(|r| r.contains(id))
+                && placement.values().any(|r| !r.contains(id))
+        })
+        .expect("a node missing from some partition");
+    let (hit, spared): (Vec<i32>, Vec<i32>) =
+        placement.keys().partition(|p| placement[p].contains(&down));
+    let index = (0..cluster.len())
+        .find(|&i| cluster.node(i).spec.id == down)
+        .expect("the node is in the cluster");
+    cluster.node(index).kill();
+
+    for p in &spared {
+        wait_for(
+            "a write to a partition with both replicas up",
+            Duration::from_secs(120),
+            || (post(&ingest.base, &key_of[p]).0 == 200).then_some(()),
+        );
+    }
+    for p in &hit {
+        for _ in 0..3 {
+            let (status, _) = post(&ingest.base, &key_of[p]);
+            assert_eq!(status, 503, "partition {p} has one replica up: no 200");
+        }
+    }
+
+    cluster.restart(index);
+    for p in &hit {
+        wait_for(
+            "writes to resume once both replicas are up",
+            Duration::from_secs(180),
+            || (post(&ingest.base, &key_of[p]).0 == 200).then_some(()),
+        );
     }
 }
