@@ -11,8 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{kafka_cli_ok, wait_healthy};
-use serde_json::Value;
+use common::{kafka_cli_ok, send, serial, wait_healthy};
 use tally_testkit::broker::Cluster;
 use tally_testkit::client::http;
 use tally_testkit::process::Proc;
@@ -77,6 +76,7 @@ fn warnings(s: &Service) -> Vec<String> {
 
 #[test]
 fn a_created_replicated_topic_has_two_in_sync_replicas_and_a_weaker_one_is_reported() {
+    let _serial = serial();
     let cluster = Cluster::start();
     let brokers = cluster.bootstrap();
     let dir = tempfile::tempdir().unwrap();
@@ -185,13 +185,11 @@ fn replicas(brokers: &str, topic: &str) -> BTreeMap<i32, Vec<u32>> {
 
 /// POSTs one increment; the status and, on 200, the partition.
 fn post(base: &str, key: &str) -> (u16, Option<i32>) {
-    let r = http()
-        .post(format!("{base}/increment"))
-        .form(&[("key", key), ("value", "1")])
-        .send()
-        .expect("POST /increment");
-    let status = r.status().as_u16();
-    let body: Value = r.json().unwrap_or(Value::Null);
+    let (status, _, body) = send(
+        http()
+            .post(format!("{base}/increment"))
+            .form(&[("key", key), ("value", "1")]),
+    );
     (status, body["partition"].as_i64().map(|p| p as i32))
 }
 
@@ -201,6 +199,7 @@ fn post(base: &str, key: &str) -> (u16, Option<i32>) {
 /// is back, the first takes writes again.
 #[test]
 fn with_replication_factor_2_writes_stop_where_a_replica_is_down() {
+    let _serial = serial();
     let mut cluster = Cluster::start();
     let brokers = cluster.bootstrap();
     let dir = tempfile::tempdir().unwrap();

@@ -7,13 +7,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{assert_sums, kafka_cli, kafka_cli_ok, Pipeline};
-use serde_json::Value;
+use common::{assert_sums, increment, kafka_cli, kafka_cli_ok, serial, Pipeline};
 use tally_testkit::client::{http, offsets, GroundTruth};
 use tally_testkit::wait_for;
 
 #[test]
 fn kafka_cli_lists_describes_and_configures_tallys_topic() {
+    let _serial = serial();
     let p = Pipeline::new(3);
     // Ingest creates the topic at start.
     let _ingest = p.ingest(&[]);
@@ -88,18 +88,9 @@ fn write(base: &str, n: usize, round: usize, truth: &mut GroundTruth) {
     let client = http();
     for i in 0..n {
         let key = format!("k{}", (i * 7 + round) % 23);
-        let r = client
-            .post(format!("{base}/increment"))
-            .form(&[("key", key.as_str()), ("value", "3")])
-            .send()
-            .expect("POST /increment");
-        assert_eq!(r.status(), 200);
-        let v: Value = r.json().unwrap();
+        let (p, o) = increment(&client, base, &key, 3);
         truth.add(&key, 3);
-        truth.landed(
-            v["partition"].as_i64().unwrap() as i32,
-            v["offset"].as_i64().unwrap(),
-        );
+        truth.landed(p, o);
     }
 }
 
@@ -108,6 +99,7 @@ fn write(base: &str, n: usize, round: usize, truth: &mut GroundTruth) {
 /// nothing: the aggregator starts from SQLite's.
 #[test]
 fn consumer_groups_describe_shows_the_aggregators_offsets_and_lag() {
+    let _serial = serial();
     let p = Pipeline::new(4);
     let ingest = p.ingest(&[]);
     let mut agg = p.aggregator(&[]);
