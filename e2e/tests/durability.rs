@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{kafka_cli_ok, send, serial, wait_healthy};
+use common::{kafka_cli_ok, send, serial, topic_configs, wait_healthy};
 use tally_testkit::broker::Cluster;
 use tally_testkit::client::http;
 use tally_testkit::process::Proc;
@@ -86,17 +86,7 @@ fn a_created_replicated_topic_has_two_in_sync_replicas_and_a_weaker_one_is_repor
         let topic = unique("durable");
         let flags = ["--partitions", "3", "--replication-factor", rf];
         let ingest = start("ingest", &brokers, &topic, &flags, dir.path());
-        let configs = kafka_cli_ok(
-            &brokers,
-            &[
-                "configs",
-                "--describe",
-                "--entity-type",
-                "topics",
-                "--entity-name",
-                &topic,
-            ],
-        );
+        let configs = topic_configs(&brokers, &topic);
         assert!(
             configs.contains("min.insync.replicas=2"),
             "replication factor {rf}:\n{configs}"

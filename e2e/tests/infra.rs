@@ -7,22 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
+use common::{read, yaml};
 use serde_json::Value;
 use tally_testkit::{tool, workspace_root};
 
 fn infra(rel: &str) -> PathBuf {
     workspace_root().join("infra").join(rel)
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// A YAML file as JSON (anchors and aliases resolved), the form the schema describes.
-fn yaml(path: &Path) -> Value {
-    let v: serde_norway::Value = serde_norway::from_str(&read(path))
-        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
-    serde_json::to_value(v).expect("yaml maps to json")
 }
 
 fn compose_validator() -> jsonschema::Validator {

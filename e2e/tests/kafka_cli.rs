@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{assert_sums, increment, kafka_cli, kafka_cli_ok, serial, Pipeline};
+use common::{assert_sums, increment, kafka_cli, kafka_cli_ok, serial, topic_configs, Pipeline};
 use tally_testkit::client::{http, offsets, GroundTruth};
 use tally_testkit::wait_for;
 
@@ -26,17 +26,7 @@ fn kafka_cli_lists_describes_and_configures_tallys_topic() {
     assert!(describe.contains("PartitionCount: 3"), "{describe}");
     assert_eq!(describe.matches("Partition: ").count(), 3, "{describe}");
 
-    let configs = kafka_cli_ok(
-        &brokers,
-        &[
-            "configs",
-            "--describe",
-            "--entity-type",
-            "topics",
-            "--entity-name",
-            &p.topic,
-        ],
-    );
+    let configs = topic_configs(&brokers, &p.topic);
     for setting in [
         "retention.ms=-1",
         "retention.bytes=-1",

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{assert_sums, Pipeline};
+use common::{assert_sums, read, yaml, Pipeline};
 use serde_json::{json, Value};
 use tally_testkit::client::{http, GroundTruth};
 use tally_testkit::process::Proc;
@@ -25,16 +25,6 @@ const LAG_ALERT: &str = "TallyAggregatorLagHigh";
 
 fn prom_dir() -> PathBuf {
     workspace_root().join("infra/prometheus")
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-fn yaml(path: &Path) -> Value {
-    let v: serde_norway::Value = serde_norway::from_str(&read(path))
-        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
-    serde_json::to_value(v).expect("yaml maps to json")
 }
 
 fn promtool(args: &[&str], dir: &Path) -> String {
@@ -187,7 +177,7 @@ fn lag_alert(client: &reqwest::blocking::Client, base: &str, partition: i32) -> 
         .iter()
         .find(|a| {
             a["labels"]["alertname"] == LAG_ALERT
-                && a["labels"]["partition"] == partition.to_string()
+                && a["labels"]["partition"].as_str() == Some(partition.to_string().as_str())
         })
         .cloned()
 }

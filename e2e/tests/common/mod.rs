@@ -287,3 +287,30 @@ pub fn kafka_cli_ok(brokers: &str, args: &[&str]) -> String {
     );
     stdout
 }
+
+/// `configs --describe` of `topic`: its own settings, one `name=value` each.
+pub fn topic_configs(brokers: &str, topic: &str) -> String {
+    kafka_cli_ok(
+        brokers,
+        &[
+            "configs",
+            "--describe",
+            "--entity-type",
+            "topics",
+            "--entity-name",
+            topic,
+        ],
+    )
+}
+
+/// A text file of the repository, or a panic naming it.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// A YAML file as JSON (anchors and aliases resolved).
+pub fn yaml(path: &Path) -> Value {
+    let v: serde_norway::Value = serde_norway::from_str(&read(path))
+        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
+    serde_json::to_value(v).expect("yaml maps to json")
+}
