@@ -4,6 +4,7 @@
 //! Values are integers in the i64 range written as plain decimal digits (no fractions, no
 //! exponents, no strings); keys are non-empty UTF-8 of at most 256 bytes.
 
+use crate::contract::Code;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tally_http::ApiError;
@@ -18,11 +19,14 @@ pub struct Increment {
 
 pub fn validate_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() {
-        return Err(ApiError::bad_request("empty_key", "key must not be empty"));
+        return Err(ApiError::bad_request(
+            Code::EmptyKey,
+            "key must not be empty",
+        ));
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(ApiError::bad_request(
-            "key_too_long",
+            Code::KeyTooLong,
             format!(
                 "key is {} bytes; at most {MAX_KEY_BYTES} are allowed",
                 key.len()
@@ -37,13 +41,13 @@ pub fn parse_value(text: &str) -> Result<i64, ApiError> {
     let digits = text.strip_prefix('-').unwrap_or(text);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::bad_request(
-            "value_not_integer",
+            Code::ValueNotInteger,
             format!("value {text:?} is not an integer (digits with an optional leading '-')"),
         ));
     }
     text.parse::<i64>().map_err(|_| {
         ApiError::bad_request(
-            "value_out_of_range",
+            Code::ValueOutOfRange,
             format!("value {text} is outside the signed 64-bit range"),
         )
     })
@@ -66,23 +70,23 @@ pub fn parse_form(parts: &[&[u8]]) -> Result<Increment, ApiError> {
                 "value" => &mut value,
                 other => {
                     return Err(ApiError::bad_request(
-                        "unknown_parameter",
+                        Code::UnknownParameter,
                         format!("unknown parameter {other:?}; expected key and value"),
                     ))
                 }
             };
             if slot.replace(decode_component(raw)?).is_some() {
                 return Err(ApiError::bad_request(
-                    "duplicate_parameter",
+                    Code::DuplicateParameter,
                     format!("parameter {name:?} is given more than once"),
                 ));
             }
         }
     }
     let key =
-        key.ok_or_else(|| ApiError::bad_request("missing_key", "parameter key is required"))?;
+        key.ok_or_else(|| ApiError::bad_request(Code::MissingKey, "parameter key is required"))?;
     let value = value
-        .ok_or_else(|| ApiError::bad_request("missing_value", "parameter value is required"))?;
+        .ok_or_else(|| ApiError::bad_request(Code::MissingValue, "parameter value is required"))?;
     validate_key(&key)?;
     Ok(Increment {
         value: parse_value(&value)?,
@@ -97,7 +101,7 @@ fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
         .collect();
     let bytes: Vec<u8> = percent_encoding::percent_decode(&plus_as_space).collect();
     String::from_utf8(bytes)
-        .map_err(|_| ApiError::bad_request("invalid_utf8", "form data is not valid utf-8"))
+        .map_err(|_| ApiError::bad_request(Code::InvalidUtf8, "form data is not valid utf-8"))
 }
 
 #[derive(Deserialize)]
@@ -114,7 +118,7 @@ impl JsonIncrement<'_> {
         let raw = self.value.get();
         if raw.starts_with('"') {
             return Err(ApiError::bad_request(
-                "value_not_integer",
+                Code::ValueNotInteger,
                 "value must be a JSON integer, not a string",
             ));
         }
@@ -127,7 +131,7 @@ impl JsonIncrement<'_> {
 
 fn invalid_json(e: serde_json::Error, at: Option<usize>) -> ApiError {
     let at = at.map(|l| format!("line {l}: ")).unwrap_or_default();
-    ApiError::bad_request("invalid_json", format!("{at}{e}"))
+    ApiError::bad_request(Code::InvalidJson, format!("{at}{e}"))
 }
 
 /// What a JSON body held: one increment, or a batch (array).
@@ -171,7 +175,7 @@ pub fn parse_ndjson(body: &[u8], max_batch: usize) -> Result<Vec<Increment>, Api
     }
     if out.is_empty() {
         return Err(ApiError::bad_request(
-            "empty_batch",
+            Code::EmptyBatch,
             "the body holds no increments",
         ));
     }
@@ -181,13 +185,13 @@ pub fn parse_ndjson(body: &[u8], max_batch: usize) -> Result<Vec<Increment>, Api
 fn check_batch_len(len: usize, max: usize) -> Result<(), ApiError> {
     if len == 0 {
         return Err(ApiError::bad_request(
-            "empty_batch",
+            Code::EmptyBatch,
             "the batch holds no increments",
         ));
     }
     if len > max {
         return Err(ApiError::bad_request(
-            "batch_too_long",
+            Code::BatchTooLong,
             format!("a batch may hold at most {max} increments"),
         ));
     }
