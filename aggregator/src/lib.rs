@@ -11,6 +11,7 @@
 pub mod api;
 mod config;
 pub mod consumer;
+pub mod contract;
 pub mod instruments;
 pub mod peers;
 pub mod progress;
