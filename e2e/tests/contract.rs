@@ -41,12 +41,15 @@ const PARTITIONS: i32 = 4;
 type Item = (i32, String, i64, Option<(String, u32)>);
 
 fn schemathesis_version() -> String {
-    let out = Command::new("st").arg("--version").output().unwrap_or_else(|e| {
-        panic!(
+    let out = Command::new("st")
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
             "schemathesis (the `st` command) is not installed ({e}): scripts/test.sh installs it \
              with `python3 -m pip install schemathesis=={SCHEMATHESIS}`"
         )
-    });
+        });
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -54,9 +57,14 @@ fn schemathesis_version() -> String {
 /// ones are not server errors: 503 (back-pressure, broker or owner unavailable, not ready,
 /// each with its code) and the aggregator's 504 `offset_not_reached` (a read-your-writes wait
 /// that ended before the write was folded).
+/// Ingest's token is given as the document's `bearer` scheme, so that Schemathesis also
+/// checks that a write without it, or with another one, is refused.
 const CONFIG: &str = r#"
 [checks.not_a_server_error]
 expected-statuses = ["2xx", "3xx", "4xx", "503", "504"]
+
+[auth.openapi.bearer]
+bearer = "contract-token"
 "#;
 
 /// Runs Schemathesis against the document `base` serves; its HAR report goes to `har`.
@@ -159,13 +167,15 @@ fn acknowledged(har: &Path) -> Acknowledged {
                 ingest::parse::JsonBody::Many(v) => v,
             }
         };
-        let answer: Value = serde_json::from_str(e["response"]["content"]["text"].as_str().map_or(
-            "null".into(),
-            |t| {
-                String::from_utf8(base64::engine::general_purpose::STANDARD.decode(t).unwrap())
-                    .unwrap()
-            },
-        ).as_str())
+        let answer: Value = serde_json::from_str(
+            e["response"]["content"]["text"]
+                .as_str()
+                .map_or("null".into(), |t| {
+                    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(t).unwrap())
+                        .unwrap()
+                })
+                .as_str(),
+        )
         .unwrap_or(Value::Null);
         let idem = header("idempotency-key");
         for (i, inc) in incs.iter().enumerate() {
@@ -214,7 +224,10 @@ fn read_log(p: &Pipeline) -> BTreeMap<i32, Vec<Logged>> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let done = |out: &BTreeMap<i32, Vec<Logged>>| {
         ends.iter().all(|(part, end)| {
-            *end == 0 || out[part].last().is_some_and(|l: &Logged| l.offset + 1 >= *end)
+            *end == 0
+                || out[part]
+                    .last()
+                    .is_some_and(|l: &Logged| l.offset + 1 >= *end)
         })
     };
     while !done(&out) {
@@ -287,7 +300,9 @@ fn served_sums(base: &str) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {
-        let mut req = client.get(format!("{base}/sums")).query(&[("limit", "1000")]);
+        let mut req = client
+            .get(format!("{base}/sums"))
+            .query(&[("limit", "1000")]);
         if let Some(a) = &after {
             req = req.query(&[("after", a)]);
         }
@@ -316,8 +331,7 @@ fn schemathesis_finds_no_contract_violation_and_the_sums_equal_what_ingest_ackno
     let ingest = p.ingest(&["--auth-token", TOKEN, "--delivery-timeout-ms", "60000"]);
     let agg = p.aggregator(&["--max-wait-ms", "200"]);
     let dir = p.dir.path();
-    let auth = format!("Authorization: Bearer {TOKEN}");
-    let (ingest_ok, ingest_out, ingest_took) = fuzz("ingest", &ingest.base, dir, &["-H", &auth]);
+    let (ingest_ok, ingest_out, ingest_took) = fuzz("ingest", &ingest.base, dir, &[]);
     let ack = acknowledged(&dir.join("ingest.har"));
     let (agg_ok, agg_out, agg_took) = fuzz("aggregator", &agg.base, dir, &[]);
     let agg_statuses = {
@@ -355,8 +369,14 @@ fn schemathesis_finds_no_contract_violation_and_the_sums_equal_what_ingest_ackno
         agg_statuses,
         summary(&agg_out)
     );
-    assert!(ingest_ok, "schemathesis found failures in ingest:\n{ingest_out}");
-    assert!(agg_ok, "schemathesis found failures in the aggregator:\n{agg_out}");
+    assert!(
+        ingest_ok,
+        "schemathesis found failures in ingest:\n{ingest_out}"
+    );
+    assert!(
+        agg_ok,
+        "schemathesis found failures in the aggregator:\n{agg_out}"
+    );
     assert!(
         ack.requests > 0,
         "the fuzz run had no write acknowledged: nothing to compare"
@@ -395,12 +415,16 @@ fn schemathesis_finds_no_contract_violation_and_the_sums_equal_what_ingest_ackno
         .map(|(part, rs)| (*part, rs.last().map_or(0, |r| r.offset + 1)))
         .collect();
     let client = http();
-    wait_for("the aggregator to fold the whole log", Duration::from_secs(120), || {
-        tally_testkit::client::offsets(&client, &agg.base).filter(|o| {
-            ends.iter()
-                .all(|(part, end)| *end == 0 || o.get(part).is_some_and(|n| n >= end))
-        })
-    });
+    wait_for(
+        "the aggregator to fold the whole log",
+        Duration::from_secs(120),
+        || {
+            tally_testkit::client::offsets(&client, &agg.base).filter(|o| {
+                ends.iter()
+                    .all(|(part, end)| *end == 0 || o.get(part).is_some_and(|n| n >= end))
+            })
+        },
+    );
     let (want_sums, want_quarantined) = fold(&log);
     let got_sums = served_sums(&agg.base);
     let drift = Drift::between(&want_sums, &got_sums);

@@ -49,11 +49,33 @@ error_codes! {
     }
 }
 
+/// The document as this process serves it: with `--auth-token` the writes' bearer token is
+/// required (`security` without its empty alternative), else optional as in the file.
+pub fn served_document(auth_required: bool) -> String {
+    if !auth_required {
+        return OPENAPI.to_owned();
+    }
+    let mut doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for op in paths.values_mut().filter_map(|p| p.as_object_mut()) {
+            for op in op.values_mut() {
+                if let Some(security) = op.get_mut("security").and_then(|s| s.as_array_mut()) {
+                    security.retain(|s| s.as_object().is_some_and(|o| !o.is_empty()));
+                }
+            }
+        }
+    }
+    doc.to_string()
+}
+
 /// `GET /openapi.json`.
-pub fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("openapi.json").and(warp::get()).map(|| {
+pub fn openapi(
+    auth_required: bool,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let doc = served_document(auth_required);
+    warp::path!("openapi.json").and(warp::get()).map(move || {
         warp::reply::with_status(
-            warp::reply::with_header(OPENAPI, "content-type", "application/json"),
+            warp::reply::with_header(doc.clone(), "content-type", "application/json"),
             StatusCode::OK,
         )
         .into_response()
@@ -78,5 +100,22 @@ mod tests {
             "ingest/openapi.json and the code differ:\n{}",
             d.join("\n")
         );
+    }
+
+    #[test]
+    fn with_a_token_the_served_document_requires_it_for_writes() {
+        let security = |doc: &str, path: &str| {
+            let v: serde_json::Value = serde_json::from_str(doc).unwrap();
+            v["paths"][path]["post"]["security"].clone()
+        };
+        let open = served_document(false);
+        let closed = served_document(true);
+        for path in ["/increment", "/increments"] {
+            assert_eq!(
+                security(&open, path),
+                serde_json::json!([{"bearer": []}, {}])
+            );
+            assert_eq!(security(&closed, path), serde_json::json!([{"bearer": []}]));
+        }
     }
 }

@@ -111,7 +111,8 @@ pub fn parse_value(text: &str) -> Result<i64, ApiError> {
     if mantissa.len() as i64 + scale > 20 {
         return Err(out_of_range());
     }
-    let magnitude = mantissa.parse::<i128>().map_err(|_| out_of_range())? * 10i128.pow(scale as u32);
+    let magnitude =
+        mantissa.parse::<i128>().map_err(|_| out_of_range())? * 10i128.pow(scale as u32);
     let value = if negative { -magnitude } else { magnitude };
     i64::try_from(value).map_err(|_| out_of_range())
 }

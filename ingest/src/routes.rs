@@ -166,6 +166,7 @@ pub fn routes(
     state: Arc<State>,
     guards: Arc<Guards>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let auth_required = guards.authorization.is_some();
     let with_state = warp::any().map(move || state.clone());
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let content_type = warp::header::optional::<String>("content-type");
@@ -226,7 +227,7 @@ pub fn routes(
         .unify()
         .or(metrics)
         .unify()
-        .or(crate::contract::openapi())
+        .or(crate::contract::openapi(auth_required))
         .unify()
         .or(increment)
         .unify()
