@@ -11,6 +11,7 @@
 //! the group, [`crate::peers`]), query and all, so read-your-writes tokens work through any
 //! member; the reads over many keys are gathered from every owner ([`gather`]).
 
+use crate::contract::Code;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,14 +105,21 @@ impl Api {
     }
 }
 
-/// `P:O`, a partition and an offset, as in `min_offset` and `after`.
+/// `P:O`, a partition and an offset, as in `min_offset` and `after`: decimal digits only, at
+/// most 9 for the partition and 18 for the offset (the document's `Position`).
 fn position(name: &'static str, s: &str) -> Result<(i32, i64), ApiError> {
+    let digits = |t: &str, most: usize| {
+        (1..=most).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit())
+    };
     s.split_once(':')
+        .filter(|(p, o)| digits(p, 9) && digits(o, 18))
         .and_then(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?)))
         .ok_or_else(|| {
             ApiError::bad_request(
-                "invalid_position",
-                format!("{name} must be PARTITION:OFFSET (two integers), got '{s}'"),
+                Code::InvalidPosition,
+                format!(
+                    "{name} must be PARTITION:OFFSET (at most 9 and 18 decimal digits), got '{s}'"
+                ),
             )
         })
 }

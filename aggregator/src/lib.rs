@@ -12,6 +12,7 @@
 pub mod api;
 mod config;
 pub mod consumer;
+pub mod contract;
 pub mod group_offsets;
 pub mod instruments;
 pub mod peers;

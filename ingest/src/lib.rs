@@ -6,6 +6,7 @@
 //! What must not: the record encoding (`tally_pipeline::record`), or anything that reads sums.
 
 pub mod config;
+pub mod contract;
 pub mod handlers;
 pub mod parse;
 pub mod producer;

@@ -4,6 +4,7 @@
 //! never bounce it between members. Answers carry the URL of the member whose database
 //! answered. The reads over many keys use the same client to gather ([`super::gather`]).
 
+use crate::contract::Code;
 use std::time::Duration;
 
 use tally_http::ApiError;
@@ -55,7 +56,7 @@ pub(super) async fn to_owner(
     let Some(partitions) = table.partitions else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "owner_unknown",
+            Code::OwnerUnknown,
             "the group's members have not been read yet",
         )
         .retry_after(1));
@@ -70,7 +71,7 @@ pub(super) async fn to_owner(
         None => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "owner_unknown",
+                Code::OwnerUnknown,
                 format!("partition {p} has no owner in the group now (a rebalance is under way)"),
             )
             .retry_after(1))
@@ -84,7 +85,7 @@ pub(super) async fn to_owner(
         tracing::warn!(%owner, partition = p, error = %e, "cannot forward a read to its owner");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "owner_unreachable",
+            Code::OwnerUnreachable,
             format!("the owner of partition {p} did not answer"),
         )
         .retry_after(1)

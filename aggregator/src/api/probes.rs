@@ -1,6 +1,7 @@
 //! What monitoring asks: `GET /readyz` (in the group, nothing stopped, lag within the bound)
 //! and `GET /metrics` (Prometheus text).
 
+use crate::contract::Code;
 use tally_http::{json, ApiError};
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -14,11 +15,11 @@ use super::Api;
 /// `topic_recreated` names both topic ids).
 pub(super) fn readyz(api: Api) -> Result<Response, ApiError> {
     let progress = api.progress.borrow().clone();
-    let not_ready = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", m);
+    let not_ready = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::NotReady, m);
     if let Some(why) = progress.refused {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "topic_recreated",
+            Code::TopicRecreated,
             why,
         ));
     }
@@ -29,7 +30,7 @@ pub(super) fn readyz(api: Api) -> Result<Response, ApiError> {
         let why: Vec<&str> = progress.stopped.values().map(String::as_str).collect();
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "partition_stopped",
+            Code::PartitionStopped,
             why.join("; "),
         ));
     }

@@ -71,7 +71,9 @@ pub fn routes(
         .and(warp::get())
         .and(with)
         .map(probes::render_metrics);
-    tally_http::healthz()
+    let served = tally_http::healthz()
+        .or(crate::contract::openapi())
+        .unify()
         .or(sum)
         .unify()
         .or(list)
@@ -87,7 +89,9 @@ pub fn routes(
         .or(metrics)
         .unify()
         .or(status)
-        .unify()
+        .unify();
+    tally_http::contract::listed(crate::contract::ROUTES)
+        .and(served)
         .recover(tally_http::recover)
         .unify()
         .with(tally_http::access_log())

@@ -7,10 +7,11 @@
 //! about P, so it checks SQLite every [`FOREIGN_POLL`] instead. A wait that ends first is a 504
 //! carrying the committed next offset.
 
+use crate::contract::Code;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tally_http::{json, ApiError};
+use tally_http::{json, ApiError, ErrorCode};
 use tokio::time::Instant;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -55,7 +56,7 @@ pub(super) async fn get_sum(read: SumRead, q: SumQuery, api: Api) -> Result<Resp
     let key = percent_encoding::percent_decode_str(&read.raw_key)
         .decode_utf8()
         .map_err(|_| {
-            ApiError::bad_request("invalid_key", "key is not valid percent-encoded utf-8")
+            ApiError::bad_request(Code::InvalidKey, "key is not valid percent-encoded utf-8")
         })?
         .into_owned();
     if let Some(answer) = forward::to_owner(&api, &key, &read).await? {
@@ -74,7 +75,7 @@ pub(super) async fn get_sum(read: SumRead, q: SumQuery, api: Api) -> Result<Resp
             );
             let body = NotReached {
                 error: ErrorInner {
-                    code: "offset_not_reached",
+                    code: Code::OffsetNotReached.as_str(),
                     message: &message,
                 },
                 partition,
@@ -89,7 +90,7 @@ pub(super) async fn get_sum(read: SumRead, q: SumQuery, api: Api) -> Result<Resp
         None => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                "key_not_found",
+                Code::KeyNotFound,
                 format!("no increment for key '{key}' has been folded"),
             ))
         }

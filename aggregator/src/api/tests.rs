@@ -123,7 +123,16 @@ async fn read_your_writes_waits_for_the_watch_and_times_out_with_the_offset() {
         p.committed.insert(2, 6);
     });
     assert_eq!(waiter.await.unwrap().0, 200);
-    for bad in ["x", "1", "1:x", ":3"] {
+    for bad in [
+        "x",
+        "1",
+        "1:x",
+        ":3",
+        "-1:2",
+        "1:-2",
+        "+1:2",
+        "1234567890:0",
+    ] {
         let (s, v) = get(&api, &format!("/sums/a?min_offset={bad}")).await;
         assert_eq!(
             (s, v["error"]["code"].as_str()),
