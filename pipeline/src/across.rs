@@ -192,7 +192,10 @@ mod tests {
                 let big = pick(large);
                 for (i, out) in pick(small) {
                     let in_big = big.iter().find(|(j, _)| *j == i).unwrap().1;
-                    assert!(!out || in_big, "copy {i} left out in {small:b} but not {large:b}");
+                    assert!(
+                        !out || in_big,
+                        "copy {i} left out in {small:b} but not {large:b}"
+                    );
                 }
             }
         }

@@ -628,8 +628,10 @@ mod tests {
         assert_eq!(req(&mut b, 1, 1_200, ("r", 0, &FP)), Folded::DuplicateKey);
         assert_eq!(req(&mut b, 2, 900, ("r", 1, &FP)), Folded::Applied);
         assert_eq!(req(&mut b, 3, 1_300, ("r", 2, &[9; 16])), Folded::Rejected);
-        b.fold(4, Some(b"k"), Some(&encode_value(1)), |_| Ok::<_, Infallible>(0))
-            .unwrap();
+        b.fold(4, Some(b"k"), Some(&encode_value(1)), |_| {
+            Ok::<_, Infallible>(0)
+        })
+        .unwrap();
         let seen: Vec<(u32, i64, i64)> = b
             .counted
             .iter()

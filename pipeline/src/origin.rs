@@ -4,7 +4,7 @@
 //! one compare-and-set in [`crate::store`]); the global sum of a key is the sum over origins,
 //! with a request retried across origins counted once ([`crate::across`]).
 //!
-//! What lives here: origin ids and names, the `--origin-name`/`--origin`/`--forget-origin`
+//! What lives here: origin ids and names, the `--origin-name`/`--origin`/`--retire-origin`
 //! flags both the aggregator and the replayer flatten ([`OriginArgs`]), and the judgments made
 //! at start, pure and tested without a broker: an origin's identity (cluster id, topic id)
 //! against the stored one ([`judge_identity`]), the origins given against the ones the
@@ -48,12 +48,12 @@ pub struct OriginArgs {
     #[arg(long = "origin", global = true, env = "TALLY_ORIGINS", value_delimiter = ';',
           value_parser = parse_remote)]
     pub origins: Vec<RemoteOrigin>,
-    /// Drop a remote origin the database folds but that is no longer given with `--origin`
-    /// (its part of every sum and its state are deleted). Repeatable; in the environment
-    /// comma-separated.
-    #[arg(long = "forget-origin", global = true, env = "TALLY_FORGET_ORIGINS",
+    /// Stop folding a remote origin the database folds but that is no longer given with
+    /// `--origin`: its part of every sum stays as folded, and it cannot be folded into this
+    /// database again (rebuild to drop it). Repeatable; in the environment comma-separated.
+    #[arg(long = "retire-origin", global = true, env = "TALLY_RETIRE_ORIGINS",
           value_delimiter = ',', value_parser = parse_name)]
-    pub forget: Vec<String>,
+    pub retire: Vec<String>,
 }
 
 impl Default for OriginArgs {
@@ -61,7 +61,7 @@ impl Default for OriginArgs {
         OriginArgs {
             origin_name: DEFAULT_LOCAL_NAME.to_owned(),
             origins: Vec::new(),
-            forget: Vec::new(),
+            retire: Vec::new(),
         }
     }
 }
@@ -80,10 +80,10 @@ impl OriginArgs {
                 ));
             }
         }
-        for f in &self.forget {
+        for f in &self.retire {
             if seen.contains_key(f.as_str()) {
                 return Err(format!(
-                    "--forget-origin {f} names an origin that is also given: drop one of them"
+                    "--retire-origin {f} names an origin that is also given: drop one of them"
                 ));
             }
         }
@@ -112,7 +112,9 @@ fn parse_name(s: &str) -> Result<String, String> {
 
 fn parse_remote(s: &str) -> Result<RemoteOrigin, String> {
     let Some((name, brokers)) = s.split_once('=') else {
-        return Err(format!("'{s}' is not NAME=BROKERS (e.g. west=10.0.2.1:9092)"));
+        return Err(format!(
+            "'{s}' is not NAME=BROKERS (e.g. west=10.0.2.1:9092)"
+        ));
     };
     let name = parse_name(name.trim())?;
     let brokers = brokers.trim();
@@ -157,44 +159,59 @@ pub fn judge_identity(origin: &str, stored: &Identity, current: &Identity) -> Re
     Ok(())
 }
 
+/// A remote origin as a database knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownOrigin {
+    pub name: String,
+    /// Retired by `--retire-origin`: no longer folded.
+    pub retired: bool,
+}
+
 /// What to do with the origins a database knows, given the flags.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct OriginPlan {
     /// Remote origins given that the database does not know yet: folded from their start.
     pub add: Vec<String>,
-    /// Remote origins known and forgotten on purpose (`--forget-origin`).
-    pub forget: Vec<String>,
+    /// Remote origins known, not given, and retired on purpose (`--retire-origin`) now.
+    pub retire: Vec<String>,
 }
 
-/// Judges the remote origins the database knows (`stored`, by name) against the flags: an
-/// origin known but neither given nor forgotten is refused (its part would silently stop
-/// moving); forgetting one the database does not know is refused too (a typo).
-pub fn judge_origins(stored: &[String], args: &OriginArgs) -> Result<OriginPlan, String> {
+/// Judges the remote origins the database knows against the flags: an origin folded but
+/// neither given nor retired is refused (its part would silently stop moving); retiring one the
+/// database does not fold is refused (a typo), and so is giving a retired one again (its log
+/// was not folded meanwhile, and requests it shares with the others were forgotten).
+pub fn judge_origins(known: &[KnownOrigin], args: &OriginArgs) -> Result<OriginPlan, String> {
     let given = args.remote_names();
     let mut plan = OriginPlan::default();
-    for name in stored {
-        if given.contains(&name.as_str()) {
-            continue;
-        }
-        if args.forget.contains(name) {
-            plan.forget.push(name.clone());
-        } else {
-            return Err(format!(
-                "this database folds origin {name}, which is not given: pass --origin \
-                 {name}=BROKERS, or --forget-origin {name} to drop its part of every sum"
-            ));
+    for o in known {
+        let name = &o.name;
+        match (given.contains(&name.as_str()), o.retired) {
+            (true, true) => {
+                return Err(format!(
+                    "origin {name} was retired from this database and cannot be folded into \
+                     it again: rebuild a new database with it"
+                ))
+            }
+            (true, false) | (false, true) => {}
+            (false, false) if args.retire.contains(name) => plan.retire.push(name.clone()),
+            (false, false) => {
+                return Err(format!(
+                    "this database folds origin {name}, which is not given: pass --origin \
+                     {name}=BROKERS, or --retire-origin {name} to stop folding it"
+                ))
+            }
         }
     }
-    for f in &args.forget {
-        if !stored.contains(f) {
+    for f in &args.retire {
+        if !known.iter().any(|o| o.name == *f && !o.retired) {
             return Err(format!(
-                "--forget-origin {f}: this database folds no origin of that name"
+                "--retire-origin {f}: this database folds no origin of that name"
             ));
         }
     }
     plan.add = given
         .into_iter()
-        .filter(|g| !stored.iter().any(|s| s == g))
+        .filter(|g| !known.iter().any(|o| o.name == *g))
         .map(str::to_owned)
         .collect();
     Ok(plan)
@@ -281,7 +298,7 @@ mod tests {
         assert!(twice.validate().unwrap_err().contains("given twice"));
         let local = parse(&["--origin", "local=h:1"]).unwrap();
         assert!(local.validate().unwrap_err().contains("--origin-name"));
-        let both = parse(&["--origin", "w=h:1", "--forget-origin", "w"]).unwrap();
+        let both = parse(&["--origin", "w=h:1", "--retire-origin", "w"]).unwrap();
         assert!(both.validate().is_err());
     }
 
@@ -295,8 +312,17 @@ mod tests {
     }
 
     #[test]
-    fn a_known_origin_is_only_dropped_when_asked_and_new_ones_are_added() {
-        let stored = vec!["west".to_owned(), "north".to_owned()];
+    fn a_known_origin_is_only_retired_when_asked_and_new_ones_are_added() {
+        let stored = vec![
+            KnownOrigin {
+                name: "west".into(),
+                retired: false,
+            },
+            KnownOrigin {
+                name: "north".into(),
+                retired: false,
+            },
+        ];
         let args = |remotes: &[&str], forget: &[&str]| OriginArgs {
             origins: remotes
                 .iter()
@@ -305,26 +331,36 @@ mod tests {
                     brokers: "h:1".into(),
                 })
                 .collect(),
-            forget: forget.iter().map(|s| s.to_string()).collect(),
+            retire: forget.iter().map(|s| s.to_string()).collect(),
             ..OriginArgs::default()
         };
         assert_eq!(
             judge_origins(&stored, &args(&["north", "west", "south"], &[])),
             Ok(OriginPlan {
                 add: vec!["south".into()],
-                forget: vec![]
+                retire: vec![]
             })
         );
         let e = judge_origins(&stored, &args(&["west"], &[])).unwrap_err();
-        assert!(e.contains("--forget-origin north"), "{e}");
+        assert!(e.contains("--retire-origin north"), "{e}");
         assert_eq!(
             judge_origins(&stored, &args(&["west"], &["north"])),
             Ok(OriginPlan {
                 add: vec![],
-                forget: vec!["north".into()]
+                retire: vec!["north".into()]
             })
         );
         assert!(judge_origins(&stored, &args(&["west", "north"], &["nowhere"])).is_err());
+        let retired = vec![KnownOrigin {
+            name: "north".into(),
+            retired: true,
+        }];
+        assert_eq!(
+            judge_origins(&retired, &args(&[], &[])),
+            Ok(OriginPlan::default())
+        );
+        let e = judge_origins(&retired, &args(&["north"], &[])).unwrap_err();
+        assert!(e.contains("retired"), "{e}");
     }
 
     #[test]
