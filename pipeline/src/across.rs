@@ -22,11 +22,13 @@
 //!   that order and was first seen at most the idempotency window before it. Copies of the same
 //!   origin never judge each other (that origin's own fold already did).
 //!
-//! Adding a copy can only leave more copies out (the rule is an "there exists"), so the flags
-//! the store keeps and updates as copies arrive always equal the rule applied to everything
-//! stored. A copy can be forgotten once no origin can meet it again: every other origin's log
-//! clock in that partition is more than the window past it (its later copies are first seen at
-//! or after its clock). Pruning then changes no decision.
+//! Adding a copy can only leave more copies out (the rule is a "there exists"), so the store
+//! keeps each copy's flag and only ever turns flags on as copies arrive: the flags then equal
+//! the rule applied to every copy folded. A copy can be forgotten once no origin can meet it
+//! again: every other origin's log clock in that partition is more than two windows past it
+//! (a later copy there belongs to a request first seen at most one window before that clock,
+//! since an older one is dead). Pruning then changes no decision: the flags it decided are
+//! stored, and it can decide no later copy's.
 //!
 //! Copies with other content under the same request key (another fingerprint) are other
 //! requests across origins: both count. Within one origin such a reuse is quarantined by the

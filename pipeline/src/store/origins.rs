@@ -2,8 +2,8 @@
 //! (table `origins`: names, identities, retirement), each origin's part of a key's sum, and
 //! what [`Store::apply`] does for the cross-origin retry rule ([`crate::across`]) inside its
 //! transaction: it stores the counted copies of a committed batch (`request_copies`), judges
-//! each copy's group again, and moves the `sums` rows of [`ACROSS`] by the deltas newly left
-//! out. Copies no origin can meet again are pruned after the commit.
+//! each copy's group again, and takes the deltas newly left out from the `sums` rows of
+//! [`ACROSS`]. Copies no origin can meet again are pruned after the commit.
 
 use std::collections::BTreeMap;
 
@@ -223,8 +223,10 @@ impl Store {
     }
 
     /// Deletes up to `max_rows` of a partition's counted copies that no origin still folded
-    /// can meet again (every other such origin's clock there is more than the window past
-    /// them), oldest first, in one transaction. Returns the rows deleted.
+    /// can meet again, oldest first, in one transaction. Returns the rows deleted. A later copy
+    /// of origin X belongs to a request X first saw at most a window before X's clock (else
+    /// that request is dead there), so it can only meet copies first seen less than two
+    /// windows before X's clock.
     pub(super) fn prune_copies(&mut self, partition: i32, max_rows: usize) -> Result<usize> {
         if !self.origins.several() {
             return Ok(0);
@@ -241,7 +243,7 @@ impl Store {
                          SELECT 1 FROM origins o WHERE o.id <> c.origin AND o.retired = 0
                          AND NOT EXISTS (
                              SELECT 1 FROM offsets f WHERE f.topic = ?2 AND f.origin = o.id
-                             AND f.partition = ?1 AND f.log_clock - ?3 > c.first_seen))
+                             AND f.partition = ?1 AND f.log_clock - 2 * ?3 > c.first_seen))
                      ORDER BY c.first_seen LIMIT ?4)",
             )?
             .execute(params![partition, self.topic, window, max_rows as i64])?;
@@ -251,8 +253,8 @@ impl Store {
 }
 
 /// Stores the copies a committed batch of `origin`'s `partition` counted, judges each copy's
-/// group again with everything stored, and moves the partition's [`ACROSS`] rows by the
-/// deltas whose left-out flag changed. Runs in `apply`'s transaction.
+/// group again with everything stored, and takes the deltas of copies newly left out from the
+/// partition's [`ACROSS`] rows. Runs in `apply`'s transaction.
 pub(super) fn record_counted(
     tx: &Transaction<'_>,
     registry: &Registry,
@@ -271,7 +273,7 @@ pub(super) fn record_counted(
          FROM request_copies WHERE partition = ?1 AND request = ?2 AND idx = ?3",
     )?;
     let mut flag = tx.prepare_cached(
-        "UPDATE request_copies SET left_out = ?6
+        "UPDATE request_copies SET left_out = 1
          WHERE partition = ?1 AND request = ?2 AND idx = ?3 AND origin = ?4 AND \"offset\" = ?5",
     )?;
     let mut across = tx
@@ -320,9 +322,12 @@ pub(super) fn record_counted(
                 counted,
             })
             .collect();
+        // Only flags that turn on are written. On the whole set a flag never turns off again
+        // (more copies only leave more out); the group read here may lack copies pruned
+        // since, which decided flags stored earlier but cannot decide any later copy's.
         let now = left_out(&copies, window_ms);
         for ((o, was, copy), out) in rows.iter().zip(now) {
-            if *was == out {
+            if *was || !out {
                 continue;
             }
             flag.execute(params![
@@ -330,19 +335,17 @@ pub(super) fn record_counted(
                 copy.request,
                 copy.index,
                 o.0,
-                copy.offset,
-                out
+                copy.offset
             ])?;
             let stored: i64 = across
                 .query_row(params![copy.key, partition, ACROSS.0], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0);
-            let moved = if out { -copy.delta } else { copy.delta };
             set_across.execute(params![
                 copy.key,
                 partition,
                 ACROSS.0,
-                stored.saturating_add(moved)
+                stored.saturating_sub(copy.delta)
             ])?;
         }
     }
@@ -505,16 +508,17 @@ mod tests {
         fold(&mut a, LOCAL, 1, 50_000, "x", 1);
         a.commit().unwrap();
         assert_eq!(a.store().copy_count().unwrap(), 2);
-        // b's clock moves to 12,000: r (10,000) can no longer be met by b; y (b's, 12,000) no
-        // longer by a (at 50,000); x (50,000) still can.
-        fold(&mut a, b, 0, 12_000, "y", 1);
+        // b's clock moves to 12,001, more than two windows past r (10,000): a later copy at b
+        // belongs to a request b first saw after 11,001, too late to meet r. y (b's, 12,001) is
+        // two windows before a's clock (50,000) too; x (50,000) is not.
+        fold(&mut a, b, 0, 12_001, "y", 1);
         a.commit().unwrap();
         assert_eq!(a.store().copy_count().unwrap(), 1);
-        fold(&mut a, b, 1, 51_001, "z", 1);
-        fold(&mut a, LOCAL, 2, 53_000, "w", 1);
+        fold(&mut a, b, 1, 52_000, "z", 1);
+        fold(&mut a, LOCAL, 2, 54_001, "w", 1);
         a.commit().unwrap();
-        // x (50,000) is more than a window before b's clock (51,001), z (51,001) before a's
-        // (53,000); w (53,000) is not, by b's clock.
+        // x (50,000) is exactly two windows before b's clock (52,000): kept. z (52,000) is
+        // more than two before a's clock (54,001): pruned. w is not, by b's clock.
         let s = a.store();
         let left: Vec<Vec<u8>> = s
             .connection()
@@ -524,7 +528,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(left, vec![b"w".to_vec()]);
+        assert_eq!(left, vec![b"w".to_vec(), b"x".to_vec()]);
         assert_eq!(
             s.key_sum("k").unwrap(),
             Some(5),
