@@ -17,6 +17,7 @@ pub mod fold;
 pub mod kafka;
 pub mod kafka_log;
 pub mod origin;
+pub mod origin_start;
 pub mod partition;
 pub mod record;
 pub mod shutdown;

@@ -36,12 +36,11 @@ pub struct RemoteOrigin {
 /// The origin flags of the aggregator and the replayer.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct OriginArgs {
-    /// This datacenter's name for its own log (the local origin). Stored in the database when
-    /// first opened; another name later is refused. Give every datacenter the same name for
-    /// the same log.
-    #[arg(long, global = true, env = "TALLY_ORIGIN_NAME", default_value = DEFAULT_LOCAL_NAME,
-          value_parser = parse_name)]
-    pub origin_name: String,
+    /// This datacenter's name for its own log (the local origin; `local` when not given).
+    /// Stored in the database the first time it or `--origin` is given; another name later is
+    /// refused. Every datacenter must call the same log by the same name.
+    #[arg(long, global = true, env = "TALLY_ORIGIN_NAME", value_parser = parse_name)]
+    pub origin_name: Option<String>,
     /// Another datacenter's cluster holding the same topic, `NAME=BROKERS` (repeatable; in
     /// the environment `NAME=BROKERS;NAME=BROKERS`). Its log is folded into this database as
     /// an origin of its own.
@@ -59,7 +58,7 @@ pub struct OriginArgs {
 impl Default for OriginArgs {
     fn default() -> Self {
         OriginArgs {
-            origin_name: DEFAULT_LOCAL_NAME.to_owned(),
+            origin_name: None,
             origins: Vec::new(),
             retire: Vec::new(),
         }
@@ -71,7 +70,7 @@ impl OriginArgs {
     /// given and forgotten. Errors are one line saying what to change.
     pub fn validate(&self) -> Result<(), String> {
         let mut seen = BTreeMap::new();
-        seen.insert(self.origin_name.as_str(), "--origin-name");
+        seen.insert(self.local_name(), "--origin-name");
         for o in &self.origins {
             if let Some(flag) = seen.insert(o.name.as_str(), "--origin") {
                 return Err(format!(
@@ -88,6 +87,17 @@ impl OriginArgs {
             }
         }
         Ok(())
+    }
+
+    /// The local origin's name: the one given, else [`DEFAULT_LOCAL_NAME`].
+    pub fn local_name(&self) -> &str {
+        self.origin_name.as_deref().unwrap_or(DEFAULT_LOCAL_NAME)
+    }
+
+    /// Whether any origin flag names origins: only then is the local name stored, so that a
+    /// database used without them can still be named later.
+    pub fn names_origins(&self) -> bool {
+        self.origin_name.is_some() || !self.origins.is_empty()
     }
 
     /// The remote origins' names, in the order given.
@@ -269,7 +279,10 @@ mod tests {
             "north = h:1",
         ])
         .unwrap();
-        assert_eq!(a.origin_name, "east");
+        assert_eq!(a.local_name(), "east");
+        assert!(a.names_origins());
+        assert_eq!(OriginArgs::default().local_name(), "local");
+        assert!(!OriginArgs::default().names_origins());
         assert_eq!(
             a.origins,
             vec![
