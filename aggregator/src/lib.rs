@@ -46,6 +46,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tally_pipeline::topic::ensure(&config.kafka).await?;
     let reader = Store::open(&config.db, &config.kafka.topic, OpenMode::CreateIfMissing)
         .with_context(|| format!("cannot open database {}", config.db.display()))?;
+    // Origins are checked before anything is served or folded; a refusal ends the process.
+    let (reader, origins) = {
+        let (kafka, args) = (config.kafka.clone(), config.origins.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut store = reader;
+            tally_pipeline::origin_start::bind_or_refuse(&kafka, &args, &mut store)
+                .map(|o| (store, o))
+        })
+        .await
+        .context("the origin check panicked")??
+    };
+    if !origins.checked.is_empty() || !origins.unchecked.is_empty() {
+        tracing::warn!(
+            remote = origins.checked.len() + origins.unchecked.len(),
+            "remote origins are checked and stored, not folded yet by this version"
+        );
+    }
     let stop = CancellationToken::new();
     let metrics = instruments::install();
     tally_pipeline::durability::report(&config.kafka).await;

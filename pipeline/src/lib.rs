@@ -10,12 +10,15 @@
 //! What must not live here: HTTP (ingest's and the aggregator's own), command-line parsing of a
 //! particular binary, or anything that talks to a broker on its own initiative.
 
+pub mod across;
 pub mod applier;
 pub mod client_config;
 pub mod durability;
 pub mod fold;
 pub mod kafka;
 pub mod kafka_log;
+pub mod origin;
+pub mod origin_start;
 pub mod partition;
 pub mod record;
 pub mod shutdown;

@@ -11,7 +11,13 @@
 //! - [`reads`]: sums, listings by prefix, the top keys, offsets, quarantined records and the
 //!   snapshot verify compares;
 //! - [`requests`]: what each partition remembers of client requests (see [`crate::fold`]), its
-//!   log clock, the idempotency window bound to the database, and pruning of requests past it.
+//!   log clock, the idempotency window bound to the database, and pruning of requests past it;
+//! - [`origins`]: the logs the database folds ([`crate::origin`]), each origin's part of a
+//!   sum, and the cross-origin retry rule's side of `apply` ([`crate::across`]).
+//!
+//! Offsets, log clocks, requests, quarantined records and sums are kept per origin and
+//! partition; the methods without `_of` are the local origin's, except the sums read by key,
+//! which are global (every origin's rows added).
 //!
 //! Everything is re-exported here: callers name `store::Store`, `store::Applied` and so on.
 
@@ -19,6 +25,7 @@ use rusqlite::Connection;
 use std::time::Duration;
 
 mod apply;
+mod origins;
 mod reads;
 mod requests;
 mod schema;
@@ -40,6 +47,8 @@ pub enum StoreError {
     Exists(String),
     #[error("database {0} does not exist")]
     Missing(String),
+    #[error("{0}")]
+    OriginName(String),
     #[error("database remembers requests for {stored} s, not {wanted} s: pass --idempotency-window-secs {stored}, or rebuild into a new database to change the window")]
     WindowMismatch { stored: u64, wanted: u64 },
 }
@@ -51,6 +60,7 @@ pub struct Store {
     conn: Connection,
     topic: String,
     window: Duration,
+    origins: origins::Registry,
 }
 
 impl Store {

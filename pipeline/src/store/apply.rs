@@ -2,19 +2,23 @@
 //! partition's sums happens in the same transaction as the compare-and-set of that partition's
 //! next offset against the offset the batch started from, so a stale owner (a zombie) is
 //! fenced and writes nothing. The requests a batch touched and its log clock commit with its
-//! sums; pruning follows the commit ([`super::requests`]).
+//! sums; pruning follows the commit ([`super::requests`]). Batches belong to an origin: the
+//! compare-and-set is per origin and partition, and the cross-origin retry rule is judged in
+//! the same transaction ([`super::origins`]).
 
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
-use super::{Result, Store, PRUNE_CHUNK};
+use super::{origins, Result, Store, PRUNE_CHUNK};
 use crate::fold::PartitionBatch;
+use crate::origin::{OriginId, LOCAL};
 
 /// A partition whose stored offset was not the one its batch started from: another consumer
 /// owns it now (or did meanwhile). Its batch was not applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fenced {
+    pub origin: OriginId,
     pub partition: i32,
     pub expected: Option<i64>,
     pub stored: Option<i64>,
@@ -23,7 +27,10 @@ pub struct Fenced {
 /// What `apply` did: partitions committed with their new next offset, and partitions fenced.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
+    /// Partitions of the local origin committed ([`Store::apply`]), and of every origin, each
+    /// with its origin ([`Store::apply_origins`]).
     pub committed: Vec<(i32, i64)>,
+    pub committed_of: Vec<(OriginId, i32, i64)>,
     pub fenced: Vec<Fenced>,
     /// How long `apply` held the database's write lock, transaction by transaction.
     pub lock_held: LockHeld,
@@ -47,10 +54,23 @@ impl Store {
     /// its partition's rows. After the commit each committed partition's dead requests are
     /// pruned, at most twice as many as the batches touched (at least [`PRUNE_CHUNK`]), so
     /// pruning keeps up with a steady load without one long transaction.
+    /// Batches of the local origin; [`Store::apply_origins`] takes every origin's.
     pub fn apply<'a>(
         &mut self,
         batches: impl IntoIterator<Item = (i32, &'a PartitionBatch)>,
     ) -> Result<Applied> {
+        self.apply_origins(batches.into_iter().map(|(p, b)| ((LOCAL, p), b)))
+    }
+
+    /// [`Store::apply`] of batches of any origin, each keyed by (origin, partition): the
+    /// compare-and-set is per origin and partition, and all commit in one transaction. While
+    /// the database has several origins, the copies each committed batch counted are judged by
+    /// the cross-origin rule in the same transaction ([`crate::across`]).
+    pub fn apply_origins<'a>(
+        &mut self,
+        batches: impl IntoIterator<Item = ((OriginId, i32), &'a PartitionBatch)>,
+    ) -> Result<Applied> {
+        let window_ms = self.window.as_millis().min(i64::MAX as u128) as i64;
         let started = Instant::now();
         let tx = self
             .conn
@@ -60,32 +80,33 @@ impl Store {
         {
             let mut cas_update = tx.prepare_cached(
                 "UPDATE offsets SET next_offset = ?1, log_clock = ?5
-                 WHERE topic = ?2 AND partition = ?3 AND next_offset = ?4",
+                 WHERE topic = ?2 AND origin = ?6 AND partition = ?3 AND next_offset = ?4",
             )?;
             let mut cas_insert = tx.prepare_cached(
-                "INSERT INTO offsets (topic, partition, next_offset, log_clock)
-                 VALUES (?2, ?3, ?1, ?4)
-                 ON CONFLICT (topic, partition) DO NOTHING",
+                "INSERT INTO offsets (topic, origin, partition, next_offset, log_clock)
+                 VALUES (?2, ?5, ?3, ?1, ?4)
+                 ON CONFLICT (topic, origin, partition) DO NOTHING",
             )?;
             let mut stored = tx.prepare_cached(
-                "SELECT next_offset FROM offsets WHERE topic = ?1 AND partition = ?2",
+                "SELECT next_offset FROM offsets WHERE topic = ?1 AND origin = ?3 AND partition = ?2",
             )?;
             let mut upsert = tx.prepare_cached(
-                "INSERT INTO sums (key, partition, sum) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key, partition) DO UPDATE SET sum = excluded.sum",
+                "INSERT INTO sums (key, partition, origin, sum) VALUES (?1, ?2, ?4, ?3)
+                 ON CONFLICT (key, partition, origin) DO UPDATE SET sum = excluded.sum",
             )?;
             let mut quarantine = tx.prepare_cached(
                 "INSERT OR IGNORE INTO rejected_records
-                 (topic, partition, \"offset\", reason, key, value)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                 (topic, origin, partition, \"offset\", reason, key, value)
+                 VALUES (?1, ?7, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut remember = tx.prepare_cached(
-                "INSERT INTO requests (partition, key, fingerprint, seen, first_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (partition, key) DO UPDATE SET fingerprint = excluded.fingerprint,
-                     seen = excluded.seen, first_seen = excluded.first_seen",
+                "INSERT INTO requests (origin, partition, key, fingerprint, seen, first_seen)
+                 VALUES (?6, ?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (origin, partition, key) DO UPDATE SET
+                     fingerprint = excluded.fingerprint, seen = excluded.seen,
+                     first_seen = excluded.first_seen",
             )?;
-            for (partition, batch) in batches {
+            for ((origin, partition), batch) in batches {
                 let Some(next) = batch.next.filter(|_| !batch.is_empty()) else {
                     continue;
                 };
@@ -95,28 +116,34 @@ impl Store {
                         self.topic,
                         partition,
                         start,
-                        batch.clock
+                        batch.clock,
+                        origin.0
                     ])?,
-                    None => {
-                        cas_insert.execute(params![next, self.topic, partition, batch.clock])?
-                    }
+                    None => cas_insert.execute(params![
+                        next,
+                        self.topic,
+                        partition,
+                        batch.clock,
+                        origin.0
+                    ])?,
                 };
                 if swapped != 1 {
                     out.fenced.push(Fenced {
+                        origin,
                         partition,
                         expected: batch.start,
                         stored: stored
-                            .query_row(params![self.topic, partition], |r| r.get(0))
+                            .query_row(params![self.topic, partition, origin.0], |r| r.get(0))
                             .optional()?,
                     });
                     continue;
                 }
                 for (key, sum) in &batch.sums {
-                    upsert.execute(params![key, partition, sum])?;
+                    upsert.execute(params![key, partition, sum, origin.0])?;
                 }
                 for r in &batch.rejected {
                     quarantine.execute(params![
-                        self.topic, partition, r.offset, r.reason, r.key, r.value
+                        self.topic, partition, r.offset, r.reason, r.key, r.value, origin.0
                     ])?;
                 }
                 // A request stored but dead may be met again: the upsert starts it anew.
@@ -127,19 +154,34 @@ impl Store {
                         key,
                         fingerprint,
                         state.seen,
-                        state.first_seen
+                        state.first_seen,
+                        origin.0
                     ])?;
                 }
+                if self.origins.several() {
+                    origins::record_counted(
+                        &tx,
+                        &self.origins,
+                        window_ms,
+                        origin,
+                        partition,
+                        &batch.counted,
+                    )?;
+                }
                 touched += batch.requests.len();
-                out.committed.push((partition, next));
+                if origin == LOCAL {
+                    out.committed.push((partition, next));
+                }
+                out.committed_of.push((origin, partition, next));
             }
         }
         tx.commit()?;
         out.lock_held.commit = started.elapsed();
-        let budget = (2 * touched).max(PRUNE_CHUNK) / out.committed.len().max(1);
+        let budget = (2 * touched).max(PRUNE_CHUNK) / out.committed_of.len().max(1);
         let mut held = out.lock_held;
-        for &(partition, _) in &out.committed {
-            self.prune_partition(partition, budget.max(PRUNE_CHUNK), &mut held)?;
+        for &(origin, partition, _) in &out.committed_of {
+            self.prune_partition(origin, partition, budget.max(PRUNE_CHUNK), &mut held)?;
+            held.pruned += self.prune_copies(partition, budget.max(PRUNE_CHUNK))?;
         }
         out.lock_held = held;
         Ok(out)
@@ -181,6 +223,7 @@ mod tests {
         assert_eq!(
             out.fenced,
             vec![Fenced {
+                origin: LOCAL,
                 partition: 0,
                 expected: None,
                 stored: Some(2)

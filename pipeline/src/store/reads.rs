@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::{params, OptionalExtension};
 
 use super::{Result, Store};
+use crate::origin::{OriginId, LOCAL};
 
 /// A database's state at one moment: what verify compares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,28 +30,50 @@ pub struct RejectedRow {
 impl Store {
     /// The stored next offset of a partition, `None` when nothing was ever applied for it.
     pub fn stored_offset(&self, partition: i32) -> Result<Option<i64>> {
+        self.stored_offset_of(LOCAL, partition)
+    }
+
+    /// An origin's partition's stored next offset.
+    pub fn stored_offset_of(&self, origin: OriginId, partition: i32) -> Result<Option<i64>> {
         Ok(self
             .conn
-            .prepare_cached("SELECT next_offset FROM offsets WHERE topic = ?1 AND partition = ?2")?
-            .query_row(params![self.topic, partition], |r| r.get(0))
+            .prepare_cached(
+                "SELECT next_offset FROM offsets WHERE topic = ?1 AND origin = ?3 AND partition = ?2",
+            )?
+            .query_row(params![self.topic, partition, origin.0], |r| r.get(0))
             .optional()?)
     }
 
-    /// Every stored next offset, by partition.
+    /// Every stored next offset of the local origin, by partition.
     pub fn stored_offsets(&self) -> Result<BTreeMap<i32, i64>> {
+        self.stored_offsets_of(LOCAL)
+    }
+
+    /// Every stored next offset of an origin, by partition.
+    pub fn stored_offsets_of(&self, origin: OriginId) -> Result<BTreeMap<i32, i64>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT partition, next_offset FROM offsets WHERE topic = ?1 ORDER BY partition",
+            "SELECT partition, next_offset FROM offsets WHERE topic = ?1 AND origin = ?2
+             ORDER BY partition",
         )?;
-        let rows = stmt.query_map([&self.topic], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = stmt.query_map(params![self.topic, origin.0], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The stored sum of a key within one partition (0 when the key has no row there).
+    /// The local origin's stored sum of a key within one partition (0 when it has no row).
     pub fn partition_sum(&self, partition: i32, key: &str) -> Result<i64> {
+        self.partition_sum_of(LOCAL, partition, key)
+    }
+
+    /// An origin's part of a key's sum within one partition (0 when it has no row there).
+    pub fn partition_sum_of(&self, origin: OriginId, partition: i32, key: &str) -> Result<i64> {
         Ok(self
             .conn
-            .prepare_cached("SELECT sum FROM sums WHERE key = ?1 AND partition = ?2")?
-            .query_row(params![key, partition], |r| r.get(0))
+            .prepare_cached(
+                "SELECT sum FROM sums WHERE key = ?1 AND partition = ?2 AND origin = ?3",
+            )?
+            .query_row(params![key, partition, origin.0], |r| r.get(0))
             .optional()?
             .unwrap_or(0))
     }
@@ -111,11 +134,20 @@ impl Store {
 
     /// Every sum row, keyed by (key, partition): what verify compares.
     pub fn all_sums(&self) -> Result<BTreeMap<(String, i32), i64>> {
+        // A key's rows of every origin are added (in i128, saturating at the i64 bounds): its
+        // global sum per partition.
         let mut stmt = self
             .conn
             .prepare_cached("SELECT key, partition, sum FROM sums")?;
-        let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut rows = stmt.query([])?;
+        let mut out: BTreeMap<(String, i32), i128> = BTreeMap::new();
+        while let Some(r) = rows.next()? {
+            *out.entry((r.get(0)?, r.get(1)?)).or_default() += r.get::<_, i64>(2)? as i128;
+        }
+        Ok(out
+            .into_iter()
+            .map(|(k, t)| (k, t.clamp(i64::MIN as i128, i64::MAX as i128) as i64))
+            .collect())
     }
 
     /// Offsets and sums read in one transaction, so they describe the same moment even while
@@ -134,7 +166,7 @@ impl Store {
     /// (partition, offset) of every quarantined record.
     pub fn rejected_offsets(&self) -> Result<Vec<(i32, i64)>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT partition, \"offset\" FROM rejected_records WHERE topic = ?1
+            "SELECT partition, \"offset\" FROM rejected_records WHERE topic = ?1 AND origin = 0
              ORDER BY partition, \"offset\"",
         )?;
         let rows = stmt.query_map([&self.topic], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -156,7 +188,7 @@ impl Store {
         let (p, o) = after.unwrap_or((i32::MIN, i64::MIN));
         let mut stmt = self.conn.prepare_cached(
             "SELECT partition, \"offset\", reason, key, value FROM rejected_records
-             WHERE topic = ?1 AND (partition, \"offset\") > (?2, ?3)
+             WHERE topic = ?1 AND origin = 0 AND (partition, \"offset\") > (?2, ?3)
              ORDER BY partition, \"offset\"",
         )?;
         let mut rows = stmt.query(params![self.topic, p, o])?;
@@ -184,7 +216,8 @@ impl Store {
     /// How many records are quarantined, per partition.
     pub fn rejected_counts(&self) -> Result<BTreeMap<i32, u64>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT partition, COUNT(*) FROM rejected_records WHERE topic = ?1 GROUP BY partition",
+            "SELECT partition, COUNT(*) FROM rejected_records WHERE topic = ?1 AND origin = 0
+             GROUP BY partition",
         )?;
         let rows = stmt.query_map([&self.topic], |r| {
             Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)? as u64))

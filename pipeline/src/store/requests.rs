@@ -12,6 +12,7 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{LockHeld, Result, Store, StoreError};
 use crate::fold::{RequestState, DEFAULT_WINDOW};
+use crate::origin::{OriginId, LOCAL};
 
 /// Most dead requests one prune transaction deletes.
 pub const PRUNE_CHUNK: usize = 500;
@@ -69,13 +70,23 @@ impl Store {
 
     /// What the partition remembers of a request key, dead or alive.
     pub fn stored_request(&self, partition: i32, key: &[u8]) -> Result<Option<RequestState>> {
+        self.stored_request_of(LOCAL, partition, key)
+    }
+
+    /// What an origin's partition remembers of a request key, dead or alive.
+    pub fn stored_request_of(
+        &self,
+        origin: OriginId,
+        partition: i32,
+        key: &[u8],
+    ) -> Result<Option<RequestState>> {
         Ok(self
             .conn
             .prepare_cached(
                 "SELECT fingerprint, seen, first_seen FROM requests
-                 WHERE partition = ?1 AND key = ?2",
+                 WHERE origin = ?3 AND partition = ?1 AND key = ?2",
             )?
-            .query_row(params![partition, key], |r| {
+            .query_row(params![partition, key, origin.0], |r| {
                 let fingerprint: Option<Vec<u8>> = r.get(0)?;
                 Ok(RequestState {
                     fingerprint: fingerprint.and_then(|f| f.try_into().ok()),
@@ -88,10 +99,17 @@ impl Store {
 
     /// A partition's stored log clock (highest record timestamp folded).
     pub fn stored_clock(&self, partition: i32) -> Result<Option<i64>> {
+        self.stored_clock_of(LOCAL, partition)
+    }
+
+    /// An origin's partition's stored log clock.
+    pub fn stored_clock_of(&self, origin: OriginId, partition: i32) -> Result<Option<i64>> {
         Ok(self
             .conn
-            .prepare_cached("SELECT log_clock FROM offsets WHERE topic = ?1 AND partition = ?2")?
-            .query_row(params![self.topic, partition], |r| r.get(0))
+            .prepare_cached(
+                "SELECT log_clock FROM offsets WHERE topic = ?1 AND origin = ?3 AND partition = ?2",
+            )?
+            .query_row(params![self.topic, partition, origin.0], |r| r.get(0))
             .optional()?
             .flatten())
     }
@@ -101,12 +119,13 @@ impl Store {
     /// Returns the rows deleted.
     pub fn prune_requests(&mut self, partition: i32, max_rows: usize) -> Result<usize> {
         let mut held = LockHeld::default();
-        self.prune_partition(partition, max_rows, &mut held)?;
+        self.prune_partition(LOCAL, partition, max_rows, &mut held)?;
         Ok(held.pruned)
     }
 
     pub(super) fn prune_partition(
         &mut self,
+        origin: OriginId,
         partition: i32,
         max_rows: usize,
         held: &mut LockHeld,
@@ -116,11 +135,12 @@ impl Store {
         let due = self
             .conn
             .prepare_cached(
-                "SELECT 1 FROM requests WHERE partition = ?1 AND first_seen < (
-                     SELECT log_clock - ?3 FROM offsets WHERE topic = ?2 AND partition = ?1)
+                "SELECT 1 FROM requests WHERE origin = ?4 AND partition = ?1 AND first_seen < (
+                     SELECT log_clock - ?3 FROM offsets
+                     WHERE topic = ?2 AND origin = ?4 AND partition = ?1)
                  LIMIT 1",
             )?
-            .query_row(params![partition, self.topic, window], |_| Ok(()))
+            .query_row(params![partition, self.topic, window, origin.0], |_| Ok(()))
             .optional()?
             .is_some();
         let mut deleted = 0;
@@ -134,14 +154,20 @@ impl Store {
             // a clock only moves forward, so even a fenced zombie may prune.
             let n = tx
                 .prepare_cached(
-                    "DELETE FROM requests WHERE (partition, key) IN (
-                         SELECT partition, key FROM requests
-                         WHERE partition = ?1 AND first_seen < (
+                    "DELETE FROM requests WHERE (origin, partition, key) IN (
+                         SELECT origin, partition, key FROM requests
+                         WHERE origin = ?5 AND partition = ?1 AND first_seen < (
                              SELECT log_clock - ?3 FROM offsets
-                             WHERE topic = ?2 AND partition = ?1)
+                             WHERE topic = ?2 AND origin = ?5 AND partition = ?1)
                          ORDER BY first_seen LIMIT ?4)",
                 )?
-                .execute(params![partition, self.topic, window, chunk as i64])?;
+                .execute(params![
+                    partition,
+                    self.topic,
+                    window,
+                    chunk as i64,
+                    origin.0
+                ])?;
             tx.commit()?;
             held.prune_transactions += 1;
             held.longest_prune = held.longest_prune.max(started.elapsed());

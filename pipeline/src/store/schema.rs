@@ -17,6 +17,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("001_initial.sql"),
     include_str!("002_idempotency.sql"),
     include_str!("003_requests.sql"),
+    include_str!("004_origins.sql"),
 ];
 
 /// How long a writer waits for another process's transaction before giving up.
@@ -65,10 +66,12 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
         bind_topic(&mut conn, topic)?;
+        let origins = super::origins::Registry::load(&conn)?;
         Ok(Store {
             conn,
             topic: topic.to_owned(),
             window: DEFAULT_WINDOW,
+            origins,
         })
     }
 
@@ -76,10 +79,11 @@ impl Store {
     pub fn stored_topic_id(&self) -> Result<Option<String>> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM meta WHERE name = 'topic_id'", [], |r| {
+            .query_row("SELECT topic_id FROM origins WHERE id = 0", [], |r| {
                 r.get(0)
             })
-            .optional()?)
+            .optional()?
+            .flatten())
     }
 
     /// Binds the database to the broker's id of its topic: the first id given is stored, and
@@ -90,11 +94,11 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
-            "INSERT INTO meta (name, value) VALUES ('topic_id', ?1) ON CONFLICT (name) DO NOTHING",
+            "UPDATE origins SET topic_id = COALESCE(topic_id, ?1) WHERE id = 0",
             [id],
         )?;
         let stored: String =
-            tx.query_row("SELECT value FROM meta WHERE name = 'topic_id'", [], |r| {
+            tx.query_row("SELECT topic_id FROM origins WHERE id = 0", [], |r| {
                 r.get(0)
             })?;
         tx.commit()?;
