@@ -1,11 +1,12 @@
 //! The contract Tally's binaries share, and nothing else: the record on the topic
 //! ([`record`]), the pure fold of records into sums ([`fold`]), the SQLite store where sums and
 //! offsets change together ([`store`]), the owner of partitions that folds and commits
-//! ([`applier`]), which partition a key lives in ([`partition`]), the flags that say where the
-//! log is ([`kafka`]) and how long requests are remembered ([`window`]), the settings of every
-//! Kafka client ([`client_config`]), the topic's creation, settings and identity as the broker
-//! gives them ([`topic`]), what an acknowledgement is worth on it ([`durability`]) and what the Kafka client reports ([`kafka_log`]), and process
-//! plumbing ([`telemetry`], [`shutdown`]).
+//! ([`applier`]), the rules for reading partitions into it ([`reader`]), which partition a key
+//! lives in ([`partition`]), the flags that say where the log is ([`kafka`]) and how long
+//! requests are remembered ([`window`]), the settings of every Kafka client
+//! ([`client_config`]), the topic's creation, settings and identity as the broker gives them
+//! ([`topic`]), what an acknowledgement is worth on it ([`durability`]) and what the Kafka
+//! client reports ([`kafka_log`]), and process plumbing ([`telemetry`], [`shutdown`]).
 //!
 //! What must not live here: HTTP (ingest's and the aggregator's own), command-line parsing of a
 //! particular binary, or anything that talks to a broker on its own initiative.
@@ -20,6 +21,7 @@ pub mod kafka_log;
 pub mod origin;
 pub mod origin_start;
 pub mod partition;
+pub mod reader;
 pub mod record;
 pub mod shutdown;
 pub mod store;
