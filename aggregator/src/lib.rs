@@ -2,7 +2,8 @@
 //! in SQLite ([`consumer`]) and serves them over HTTP ([`api`]; reads need the token of [`read_auth`] when one is set),
 //! with a status page ([`status`]);
 //! the consumer tells the API what it committed and how far behind it is through [`progress`],
-//! and records metrics named in [`instruments`]. With a database per aggregator, [`peers`]
+//! and records metrics named in [`instruments`]; Kafka's tools see its offsets in the consumer
+//! group ([`group_offsets`]). With a database per aggregator, [`peers`]
 //! reads from the group who owns which partition, so that any member answers any key.
 //!
 //! What lives here: the group membership, commit cadence and the read API. What must not:
@@ -12,6 +13,8 @@
 pub mod api;
 mod config;
 pub mod consumer;
+pub mod contract;
+pub mod group_offsets;
 pub mod instruments;
 pub mod peers;
 pub mod progress;
@@ -46,8 +49,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tally_pipeline::topic::ensure(&config.kafka).await?;
     let reader = Store::open(&config.db, &config.kafka.topic, OpenMode::CreateIfMissing)
         .with_context(|| format!("cannot open database {}", config.db.display()))?;
+    // Origins are checked before anything is served or folded; a refusal ends the process.
+    let (reader, origins) = {
+        let (kafka, args) = (config.kafka.clone(), config.origins.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut store = reader;
+            tally_pipeline::origin_start::bind_or_refuse(&kafka, &args, &mut store)
+                .map(|o| (store, o))
+        })
+        .await
+        .context("the origin check panicked")??
+    };
+    if !origins.checked.is_empty() || !origins.unchecked.is_empty() {
+        tracing::warn!(
+            remote = origins.checked.len() + origins.unchecked.len(),
+            "remote origins are checked and stored, not folded yet by this version"
+        );
+    }
     let stop = CancellationToken::new();
     let metrics = instruments::install();
+    tally_pipeline::durability::report(&config.kafka).await;
     let (progress_tx, progress_rx) = progress::channel();
     let read_token = read_auth::bearer(&config.read_token);
     let forward = match &config.advertise_url {

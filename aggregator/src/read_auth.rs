@@ -1,9 +1,10 @@
 //! The read token (`--read-token`, `TALLY_READ_TOKEN`): sums, listings, offsets, `/top` and
 //! `/rejected` are billing and usage data, so with a token set every request needs
 //! `Authorization: Bearer TOKEN` ([`tally_http::auth::Bearer`], the check ingest's write token
-//! uses too), except the probes and scrapes (`/healthz`, `/readyz`, `/metrics`) and the status
-//! page's own files (`/`, `/status.js`, `/status.css`: code without data; the page asks for the
-//! token and sends it with each read it makes). Members send it with the reads they forward or
+//! uses too), except the probes and scrapes (`/healthz`, `/readyz`, `/metrics`), the published
+//! document (`/openapi.json`) and the status page's own files (`/`, `/status.js`,
+//! `/status.css`: code without data; the page asks for the token and sends it with each read
+//! it makes). Members send it with the reads they forward or
 //! gather ([`forwarding_headers`]).
 //!
 //! The guard is one filter ([`guard`]) put in front of every route where the server is made.
@@ -19,8 +20,9 @@ pub const HINT: &str = "reads need the header Authorization: Bearer <read token>
                         aggregator's --read-token)";
 
 /// Paths open without the token.
-const OPEN: [&str; 6] = [
+const OPEN: [&str; 7] = [
     "/healthz",
+    "/openapi.json",
     "/readyz",
     "/metrics",
     "/",

@@ -16,6 +16,9 @@
 //! on a busy host the owned partitions get the cores first. Its reads of partitions it does not
 //! own are never served: reads are routed to the owner ([`crate::api`]).
 //!
+//! It reads by the same rules as the member ([`tally_pipeline::reader`]); what is its own here is
+//! which partitions to follow (the claims) and when to commit.
+//!
 //! What must not live here: anything the owned partitions depend on. A standby that fails
 //! logs why and stops following; the member goes on.
 
@@ -24,17 +27,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::consumer::BaseConsumer;
 use tally_pipeline::applier::Applier;
 use tally_pipeline::client_config::{self, Fetch};
-use tally_pipeline::fold::Folded;
-use tally_pipeline::kafka::record_of;
 use tally_pipeline::kafka_log::LoggingContext;
+use tally_pipeline::reader::{FoldingReader, Polled, Start};
 use tally_pipeline::store::{OpenMode, Store};
-use tally_pipeline::topic::{judge_position, partitions_of};
+use tally_pipeline::topic::partitions_of;
 use tokio_util::sync::CancellationToken;
 
 use crate::instruments;
@@ -164,14 +163,11 @@ impl Standby {
             .filter(|p| !claimed.contains(p) && !self.unreadable.contains(p))
             .collect();
         let drop: Vec<i32> = followed.difference(&want).copied().collect();
+        let reader = FoldingReader::new(&self.consumer, &self.topic);
         if !drop.is_empty() {
             self.applier.discard(&drop);
-            let mut tpl = TopicPartitionList::new();
-            for p in &drop {
-                tpl.add_partition(&self.topic, *p);
-            }
-            self.consumer
-                .incremental_unassign(&tpl)
+            reader
+                .leave(&drop)
                 .context("standby cannot unassign partitions")?;
             tracing::info!(partitions = ?drop, "standby stopped following (owned here now, or unreadable)");
         }
@@ -181,16 +177,9 @@ impl Standby {
                 .applier
                 .assign(&add)
                 .context("standby cannot read stored offsets")?;
-            let mut tpl = TopicPartitionList::new();
-            for (p, start) in &starts {
-                tpl.add_partition_offset(&self.topic, *p, Offset::Offset(start.unwrap_or(0)))?;
-            }
-            self.consumer
-                .incremental_assign(&tpl)
+            reader
+                .start(&mut self.applier, &starts, Start::Add)
                 .context("standby cannot assign partitions")?;
-            for p in &add {
-                self.applier.positioned(*p);
-            }
             tracing::info!(
                 ?starts,
                 "standby following partitions from their stored offsets"
@@ -200,27 +189,27 @@ impl Standby {
         Ok(())
     }
 
+    /// Reads once and folds what came, by the rules of [`FoldingReader`]; a partition whose
+    /// stored offset the log does not cover is left alone.
     fn poll_once(&mut self) {
-        match self.consumer.poll(POLL) {
-            Some(Ok(m)) => {
-                let (p, offset) = (m.partition(), m.offset());
-                match self.applier.fold(p, &record_of(&m)) {
-                    Ok(Folded::Gap) => {
-                        let at = self.applier.position(p);
-                        self.seek(p, at);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(partition = p, offset, error = %e, "standby cannot fold a record, will retry it");
-                        self.seek(p, Some(offset));
-                    }
+        let reader = FoldingReader::new(&self.consumer, &self.topic);
+        match reader.poll(POLL) {
+            Polled::Record(m) => {
+                reader.fold(&mut self.applier, &m);
+            }
+            Polled::End(_) | Polled::Nothing => reader.advance(&mut self.applier, None),
+            Polled::OutsideLog(_) => {
+                let followed: Vec<i32> = self.applier.owned().collect();
+                for o in reader.judge(&mut self.applier, &followed) {
+                    tracing::warn!(
+                        partition = o.partition,
+                        reason = o.why.reason(),
+                        "standby leaves a partition the log does not cover"
+                    );
+                    self.unreadable.insert(o.partition);
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) | None => self.advance_to_positions(),
-            Some(Err(KafkaError::MessageConsumption(
-                RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
-            ))) => self.judge(),
-            Some(Err(e)) => tracing::debug!(error = %e, "standby reader error"),
+            Polled::Error(e) => tracing::debug!(error = %e, "standby reader error"),
         }
     }
 
@@ -244,50 +233,14 @@ impl Standby {
                         ?stored,
                         "standby commit fenced; following on from the stored offset"
                     );
-                    self.seek(p, stored);
+                    FoldingReader::new(&self.consumer, &self.topic).seek(
+                        &mut self.applier,
+                        p,
+                        stored,
+                    );
                 }
             }
             Err(e) => tracing::warn!(error = %e, "standby commit failed, pending work kept"),
-        }
-    }
-
-    fn seek(&mut self, p: i32, to: Option<i64>) {
-        match self
-            .consumer
-            .seek(&self.topic, p, Offset::Offset(to.unwrap_or(0)), TIMEOUT)
-        {
-            Ok(()) => self.applier.positioned(p),
-            Err(e) => tracing::warn!(partition = p, error = %e, "standby seek failed"),
-        }
-    }
-
-    /// Moves each followed batch past markers its reader consumed (as the member does).
-    fn advance_to_positions(&mut self) {
-        let Ok(positions) = self.consumer.position() else {
-            return;
-        };
-        for e in positions.elements_for_topic(&self.topic) {
-            if let Offset::Offset(o) = e.offset() {
-                self.applier.advance_to(e.partition(), o);
-            }
-        }
-    }
-
-    /// A start offset outside the log: the partitions the log does not cover are left alone.
-    fn judge(&mut self) {
-        let followed: Vec<i32> = self.applier.owned().collect();
-        for p in followed {
-            let next = self.applier.position(p).unwrap_or(0);
-            if let Ok((low, high)) = self.consumer.fetch_watermarks(&self.topic, p, TIMEOUT) {
-                if let Some(why) = judge_position(next, low, high) {
-                    tracing::warn!(
-                        partition = p,
-                        reason = why.reason(),
-                        "standby leaves a partition the log does not cover"
-                    );
-                    self.unreadable.insert(p);
-                }
-            }
         }
     }
 }

@@ -7,22 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
+use common::{read, yaml};
 use serde_json::Value;
-use tally_testkit::workspace_root;
+use tally_testkit::{tool, workspace_root};
 
 fn infra(rel: &str) -> PathBuf {
     workspace_root().join("infra").join(rel)
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// A YAML file as JSON (anchors and aliases resolved), the form the schema describes.
-fn yaml(path: &Path) -> Value {
-    let v: serde_norway::Value = serde_norway::from_str(&read(path))
-        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
-    serde_json::to_value(v).expect("yaml maps to json")
 }
 
 fn compose_validator() -> jsonschema::Validator {
@@ -35,20 +27,6 @@ fn schema_errors(validator: &jsonschema::Validator, doc: &Value) -> Vec<String> 
         .iter_errors(doc)
         .map(|e| format!("{}: {e}", e.instance_path()))
         .collect()
-}
-
-/// A program on PATH, or a loud failure naming how to install it.
-fn tool(name: &str, install: &str) -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "`{name}` is not installed, so this check cannot run: {install} (scripts/test.sh does)"
-        )
-    })
 }
 
 const COMPOSE_FILES: [&str; 2] = ["compose.yaml", "compose.cluster.yaml"];

@@ -501,6 +501,16 @@ fn paused_broker_gives_503_then_recovers_without_losing_or_doubling() {
     outage_then_recovery(|b| b.pause(), |b| b.resume(), Duration::from_secs(5));
 }
 
+/// `tally_ingest_broker_reachable` as ingest's `/metrics` shows it now.
+fn reachable(c: &Client, base: &str) -> Option<f64> {
+    let text = c.get(format!("{base}/metrics")).send().ok()?.text().ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("tally_ingest_broker_reachable "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Load from retrying clients (each request retried with its Idempotency-Key until 200); the
 /// broker goes `down` for longer than the delivery timeout, then comes `up`. Every retry while
 /// down must get 503 with Retry-After within the delivery timeout; `hold` is how long the outage
@@ -554,6 +564,10 @@ fn outage_then_recovery(
     tally_testkit::wait_for("/readyz to say not ready", Duration::from_secs(20), || {
         (ready(&c) == 503).then_some(())
     });
+    // The alert "no broker reachable" (infra/prometheus) reads this gauge.
+    tally_testkit::wait_for("/metrics to say no broker", Duration::from_secs(20), || {
+        (reachable(&c, &ingest.base) == Some(0.0)).then_some(())
+    });
     std::thread::sleep(hold);
     let acked_before = acked.load(Ordering::Relaxed);
     up(&mut p.broker);
@@ -565,6 +579,9 @@ fn outage_then_recovery(
     );
     tally_testkit::wait_for("/readyz to say ready", Duration::from_secs(30), || {
         (ready(&c) == 200).then_some(())
+    });
+    tally_testkit::wait_for("/metrics to say a broker", Duration::from_secs(30), || {
+        (reachable(&c, &ingest.base) == Some(1.0)).then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);

@@ -8,7 +8,7 @@ use std::fmt;
 use subtle::ConstantTimeEq;
 use warp::http::{HeaderMap, StatusCode};
 
-use crate::ApiError;
+use crate::{ApiError, Common};
 
 /// An expected token. `Debug` does not show it.
 #[derive(Clone)]
@@ -56,7 +56,7 @@ impl Bearer {
         }
         Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            Common::Unauthorized,
             self.hint,
         ))
     }

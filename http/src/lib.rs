@@ -1,13 +1,18 @@
 //! HTTP plumbing that ingest and the aggregator share: the one JSON error shape
 //! (`{"error":{"code","message"}}`), turning every warp rejection into it, `/healthz`, and the
 //! bearer-token check ([`auth`]) of ingest's writes and the aggregator's reads.
+//! The published contract's two lists, routes and error codes, and the filter that answers
+//! every request outside the route table, live in [`contract`].
 //!
 //! What must not live here: routes or handlers of a particular service, or anything about
 //! records, sums or Kafka.
 
-pub mod auth;
-
 use std::convert::Infallible;
+
+pub mod auth;
+pub mod contract;
+
+pub use contract::{Common, ErrorCode, Route};
 
 use serde::Serialize;
 use warp::http::StatusCode;
@@ -22,26 +27,32 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (503, 429).
     pub retry_after: Option<u64>,
+    /// The methods a path supports, for the `Allow` header of a 405 (RFC 9110, 15.5.6).
+    pub allow: Option<String>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with one of the service's listed codes (a literal string is not accepted, so
+    /// every code a handler can answer is in the list the published document is checked
+    /// against).
+    pub fn new(status: StatusCode, code: impl ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            code,
+            code: code.as_str(),
             message: message.into(),
             retry_after: None,
+            allow: None,
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: impl ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     pub fn internal(message: impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            Common::Internal,
             message.to_string(),
         )
     }
@@ -84,6 +95,9 @@ impl Reply for ApiError {
             resp.headers_mut()
                 .insert(warp::http::header::RETRY_AFTER, s.into());
         }
+        if let Some(allow) = self.allow.and_then(|a| a.parse().ok()) {
+            resp.headers_mut().insert(warp::http::header::ALLOW, allow);
+        }
         resp
     }
 }
@@ -91,7 +105,12 @@ impl Reply for ApiError {
 /// `/readyz`'s answer while the brokers refuse this process (a login, a certificate, an ACL):
 /// 503 `kafka_access_refused` with the reason.
 pub fn kafka_refused(why: String) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "kafka_access_refused", why).retry_after(5)
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Common::KafkaAccessRefused,
+        why,
+    )
+    .retry_after(5)
 }
 
 /// A JSON response with a status.
@@ -110,42 +129,42 @@ fn error_for(r: &Rejection) -> ApiError {
         return e.clone();
     }
     if r.is_not_found() {
-        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route");
+        return ApiError::new(StatusCode::NOT_FOUND, Common::NotFound, "no such route");
     }
     if let Some(e) = r.find::<rj::PayloadTooLarge>() {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            Common::BodyTooLarge,
             e.to_string(),
         );
     }
     if let Some(e) = r.find::<rj::UnsupportedMediaType>() {
         return ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            Common::UnsupportedMediaType,
             e.to_string(),
         );
     }
     if let Some(e) = r.find::<rj::InvalidQuery>() {
-        return ApiError::bad_request("invalid_query", e.to_string());
+        return ApiError::bad_request(Common::InvalidQuery, e.to_string());
     }
     if let Some(e) = r.find::<rj::InvalidHeader>() {
-        return ApiError::bad_request("invalid_header", e.to_string());
+        return ApiError::bad_request(Common::InvalidHeader, e.to_string());
     }
     if let Some(e) = r.find::<rj::MissingHeader>() {
-        return ApiError::bad_request("missing_header", e.to_string());
+        return ApiError::bad_request(Common::MissingHeader, e.to_string());
     }
     if let Some(e) = r.find::<rj::LengthRequired>() {
         return ApiError::new(
             StatusCode::LENGTH_REQUIRED,
-            "length_required",
+            Common::LengthRequired,
             e.to_string(),
         );
     }
     if let Some(e) = r.find::<rj::MethodNotAllowed>() {
         return ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            Common::MethodNotAllowed,
             e.to_string(),
         );
     }

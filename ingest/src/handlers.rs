@@ -1,5 +1,6 @@
 //! Request handlers: plain async functions from validated inputs to responses.
 
+use crate::contract::Code;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ pub fn validate_idempotency_key(key: &[u8]) -> Result<&str, ApiError> {
         || !key.iter().all(|b| (0x20..=0x7e).contains(b))
     {
         return Err(ApiError::bad_request(
-            "invalid_idempotency_key",
+            Code::InvalidIdempotencyKey,
             format!(
                 "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} printable ascii characters"
             ),
@@ -42,7 +43,7 @@ pub fn validate_idempotency_key(key: &[u8]) -> Result<&str, ApiError> {
 fn check_keys(incs: &[Increment], max: usize) -> Result<(), ApiError> {
     match incs.iter().position(|i| i.key.len() > max) {
         Some(i) => Err(ApiError::bad_request(
-            "key_too_long",
+            Code::KeyTooLong,
             format!(
                 "item {i}: key is {} bytes; at most {max} are allowed",
                 incs[i].key.len()
@@ -70,7 +71,7 @@ fn essence(content_type: &Option<String>) -> Option<String> {
 fn unsupported(got: Option<&str>, want: &str) -> ApiError {
     ApiError::new(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
+        tally_http::Common::UnsupportedMediaType,
         format!(
             "content type {} is not accepted here; send {want}",
             got.unwrap_or("(none)")

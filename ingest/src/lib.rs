@@ -6,6 +6,7 @@
 //! What must not: the record encoding (`tally_pipeline::record`), or anything that reads sums.
 
 pub mod config;
+pub mod contract;
 pub mod handlers;
 pub mod parse;
 pub mod producer;
@@ -30,6 +31,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     telemetry::handle();
     tally_pipeline::topic::ensure(&config.kafka).await?;
+    tally_pipeline::durability::report(&config.kafka).await;
     let appender = producer::Appender::new(
         &config.kafka,
         config.delivery_timeout(),

@@ -1,9 +1,11 @@
 //! Validation of request bodies into increments: form and query strings, JSON objects and
 //! arrays, NDJSON lines. Pure functions; every failure is a 400 with a precise code.
 //!
-//! Values are integers in the i64 range written as plain decimal digits (no fractions, no
-//! exponents, no strings); keys are non-empty UTF-8 of at most 256 bytes.
+//! Values are whole numbers in the i64 range, written as decimal digits, optionally with a
+//! fraction or an exponent that leave the number whole (`7`, `7.0`, `7e0`; never a string);
+//! keys are non-empty UTF-8 of at most 256 bytes.
 
+use crate::contract::Code;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tally_http::ApiError;
@@ -18,11 +20,14 @@ pub struct Increment {
 
 pub fn validate_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() {
-        return Err(ApiError::bad_request("empty_key", "key must not be empty"));
+        return Err(ApiError::bad_request(
+            Code::EmptyKey,
+            "key must not be empty",
+        ));
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(ApiError::bad_request(
-            "key_too_long",
+            Code::KeyTooLong,
             format!(
                 "key is {} bytes; at most {MAX_KEY_BYTES} are allowed",
                 key.len()
@@ -32,21 +37,84 @@ pub fn validate_key(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses a decimal integer as written in a form, a query or JSON.
+/// Parses an integer as written in a form, a query or JSON: decimal digits with an optional
+/// leading '-', and optionally a fraction and an exponent (JSON's number syntax) as long as the
+/// number they write is a whole number (`330.0`, `1e2`, `-2.50e1`): JSON Schema's `integer`,
+/// which generated clients and encoders of floating-point numbers produce. The value is exact:
+/// it is computed from the digits, never through a float.
 pub fn parse_value(text: &str) -> Result<i64, ApiError> {
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::bad_request(
-            "value_not_integer",
-            format!("value {text:?} is not an integer (digits with an optional leading '-')"),
-        ));
-    }
-    text.parse::<i64>().map_err(|_| {
+    let not_integer = || {
         ApiError::bad_request(
-            "value_out_of_range",
+            Code::ValueNotInteger,
+            format!("value {text:?} is not an integer (digits with an optional leading '-')"),
+        )
+    };
+    let out_of_range = || {
+        ApiError::bad_request(
+            Code::ValueOutOfRange,
             format!("value {text} is outside the signed 64-bit range"),
         )
-    })
+    };
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text),
+    };
+    let (number, exponent) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let (int, frac) = match number.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (number, None),
+    };
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(int) || frac.is_some_and(|f| !all_digits(f)) {
+        return Err(not_integer());
+    }
+    let exponent: i64 = match exponent {
+        None => 0,
+        Some(e) => {
+            let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+            if !all_digits(digits) {
+                return Err(not_integer());
+            }
+            // Beyond this every non-zero value is out of range or not whole.
+            let magnitude = digits.trim_start_matches('0');
+            let magnitude: i64 = if magnitude.len() > 6 {
+                1_000_000
+            } else {
+                magnitude.parse().unwrap_or(0)
+            };
+            if e.starts_with('-') {
+                -magnitude
+            } else {
+                magnitude
+            }
+        }
+    };
+    // The digits of int and fraction, times ten to the power `scale`.
+    let frac = frac.unwrap_or("");
+    let mantissa = format!("{int}{frac}");
+    let mantissa = mantissa.trim_start_matches('0');
+    let mut scale = exponent - frac.len() as i64;
+    let mut mantissa = mantissa;
+    while scale < 0 && mantissa.ends_with('0') {
+        mantissa = &mantissa[..mantissa.len() - 1];
+        scale += 1;
+    }
+    if mantissa.is_empty() {
+        return Ok(0);
+    }
+    if scale < 0 {
+        return Err(not_integer());
+    }
+    if mantissa.len() as i64 + scale > 20 {
+        return Err(out_of_range());
+    }
+    let magnitude =
+        mantissa.parse::<i128>().map_err(|_| out_of_range())? * 10i128.pow(scale as u32);
+    let value = if negative { -magnitude } else { magnitude };
+    i64::try_from(value).map_err(|_| out_of_range())
 }
 
 /// Parses `key=K&value=V` from a query string and/or a form body. Percent-decoding is strict:
@@ -66,23 +134,23 @@ pub fn parse_form(parts: &[&[u8]]) -> Result<Increment, ApiError> {
                 "value" => &mut value,
                 other => {
                     return Err(ApiError::bad_request(
-                        "unknown_parameter",
+                        Code::UnknownParameter,
                         format!("unknown parameter {other:?}; expected key and value"),
                     ))
                 }
             };
             if slot.replace(decode_component(raw)?).is_some() {
                 return Err(ApiError::bad_request(
-                    "duplicate_parameter",
+                    Code::DuplicateParameter,
                     format!("parameter {name:?} is given more than once"),
                 ));
             }
         }
     }
     let key =
-        key.ok_or_else(|| ApiError::bad_request("missing_key", "parameter key is required"))?;
+        key.ok_or_else(|| ApiError::bad_request(Code::MissingKey, "parameter key is required"))?;
     let value = value
-        .ok_or_else(|| ApiError::bad_request("missing_value", "parameter value is required"))?;
+        .ok_or_else(|| ApiError::bad_request(Code::MissingValue, "parameter value is required"))?;
     validate_key(&key)?;
     Ok(Increment {
         value: parse_value(&value)?,
@@ -97,7 +165,7 @@ fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
         .collect();
     let bytes: Vec<u8> = percent_encoding::percent_decode(&plus_as_space).collect();
     String::from_utf8(bytes)
-        .map_err(|_| ApiError::bad_request("invalid_utf8", "form data is not valid utf-8"))
+        .map_err(|_| ApiError::bad_request(Code::InvalidUtf8, "form data is not valid utf-8"))
 }
 
 #[derive(Deserialize)]
@@ -114,7 +182,7 @@ impl JsonIncrement<'_> {
         let raw = self.value.get();
         if raw.starts_with('"') {
             return Err(ApiError::bad_request(
-                "value_not_integer",
+                Code::ValueNotInteger,
                 "value must be a JSON integer, not a string",
             ));
         }
@@ -127,7 +195,7 @@ impl JsonIncrement<'_> {
 
 fn invalid_json(e: serde_json::Error, at: Option<usize>) -> ApiError {
     let at = at.map(|l| format!("line {l}: ")).unwrap_or_default();
-    ApiError::bad_request("invalid_json", format!("{at}{e}"))
+    ApiError::bad_request(Code::InvalidJson, format!("{at}{e}"))
 }
 
 /// What a JSON body held: one increment, or a batch (array).
@@ -171,7 +239,7 @@ pub fn parse_ndjson(body: &[u8], max_batch: usize) -> Result<Vec<Increment>, Api
     }
     if out.is_empty() {
         return Err(ApiError::bad_request(
-            "empty_batch",
+            Code::EmptyBatch,
             "the body holds no increments",
         ));
     }
@@ -181,13 +249,13 @@ pub fn parse_ndjson(body: &[u8], max_batch: usize) -> Result<Vec<Increment>, Api
 fn check_batch_len(len: usize, max: usize) -> Result<(), ApiError> {
     if len == 0 {
         return Err(ApiError::bad_request(
-            "empty_batch",
+            Code::EmptyBatch,
             "the batch holds no increments",
         ));
     }
     if len > max {
         return Err(ApiError::bad_request(
-            "batch_too_long",
+            Code::BatchTooLong,
             format!("a batch may hold at most {max} increments"),
         ));
     }
@@ -218,8 +286,30 @@ mod tests {
             code(parse_value("9223372036854775808")),
             "value_out_of_range"
         );
-        for bad in ["1.0", "1e3", "", "-", "+1", " 1", "0x10", "abc", "1_000"] {
+        for bad in [
+            "", "-", "+1", " 1", "0x10", "abc", "1_000", "1.5", "1.", ".5", "1e", "1e+", "1.0.0",
+            "15e-1", "1e-1", "--1", "1e1.5",
+        ] {
             assert_eq!(code(parse_value(bad)), "value_not_integer", "{bad}");
+        }
+        // Whole numbers with a fraction or an exponent, exactly.
+        for (text, want) in [
+            ("330.0", 330),
+            ("-964.000", -964),
+            ("1e3", 1000),
+            ("1E+3", 1000),
+            ("2.50e1", 25),
+            ("1000e-3", 1),
+            ("-0.0", 0),
+            ("0e99999999999", 0),
+            ("9223372036854775807.0", i64::MAX),
+            ("-9.223372036854775808e18", i64::MIN),
+            ("007", 7),
+        ] {
+            assert_eq!(parse_value(text).unwrap(), want, "{text}");
+        }
+        for big in ["9.223372036854775808e18", "1e19", "1e99999999999", "-1e20"] {
+            assert_eq!(code(parse_value(big)), "value_out_of_range", "{big}");
         }
     }
 
@@ -272,10 +362,10 @@ mod tests {
             code(parse_json(br#"{"key":"k","value":1.5}"#, 10)),
             "value_not_integer"
         );
-        assert_eq!(
-            code(parse_json(br#"{"key":"k","value":1e2}"#, 10)),
-            "value_not_integer"
-        );
+        match parse_json(br#"{"key":"k","value":1e2}"#, 10).unwrap() {
+            JsonBody::One(i) => assert_eq!(i.value, 100),
+            JsonBody::Many(_) => panic!("one expected"),
+        }
         assert_eq!(
             code(parse_json(br#"{"key":"k","value":"5"}"#, 10)),
             "value_not_integer"

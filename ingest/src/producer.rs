@@ -10,6 +10,7 @@
 //! (the key, the record's index in the request, a fingerprint of the request's content), which
 //! is what lets the aggregator count a retried request's records once each.
 
+use crate::contract::Code;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -19,7 +20,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientContext;
-use tally_http::ApiError;
+use tally_http::{ApiError, ErrorCode};
 use tally_pipeline::client_config;
 use tally_pipeline::kafka::KafkaArgs;
 use tally_pipeline::kafka_log::{ClientLog, Verdict};
@@ -79,6 +80,7 @@ pub struct Appender {
     topic: String,
     delivery_timeout: Duration,
     metrics: telemetry::Produce,
+    ends: telemetry::AckedEnds,
 }
 
 impl Appender {
@@ -95,6 +97,7 @@ impl Appender {
             topic: kafka.topic.clone(),
             delivery_timeout,
             metrics: telemetry::Produce::new(),
+            ends: telemetry::AckedEnds::default(),
         })
     }
 
@@ -113,6 +116,8 @@ impl Appender {
             Ok(landed) => {
                 self.metrics.ok.record(elapsed);
                 self.metrics.accepted.increment(landed.len() as u64);
+                self.ends
+                    .landed(landed.iter().map(|l| (l.partition, l.offset)));
             }
             Err(_) => metrics::histogram!(telemetry::PRODUCE_SECONDS, "outcome" => "error")
                 .record(elapsed),
@@ -163,7 +168,7 @@ impl Appender {
                 Err(_canceled) => {
                     return Err(ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "producer_closed",
+                        Code::ProducerClosed,
                         "the producer is shutting down",
                     )
                     .retry_after(1))
@@ -171,6 +176,11 @@ impl Appender {
             }
         }
         Ok(landed)
+    }
+
+    /// Sets the gauges of the acknowledged log ends ([`telemetry::ACKED_END`]).
+    pub fn publish_ends(&self) {
+        self.ends.publish();
     }
 
     /// Records enqueued and not yet acknowledged or failed.
@@ -208,24 +218,29 @@ const TIMED_OUT: &str =
     "the broker did not acknowledge in time; the increment may or may not have been appended";
 
 fn timed_out() -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "broker_timeout", TIMED_OUT).retry_after(1)
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Code::BrokerTimeout,
+        TIMED_OUT,
+    )
+    .retry_after(1)
 }
 
 fn unavailable(e: &KafkaError) -> ApiError {
     let (code, message) = match e.rdkafka_error_code() {
         Some(RDKafkaErrorCode::QueueFull) => {
-            ("overloaded", "the producer queue is full".to_owned())
+            (Code::Overloaded, "the producer queue is full".to_owned())
         }
-        Some(RDKafkaErrorCode::MessageTimedOut) => ("broker_timeout", TIMED_OUT.to_owned()),
+        Some(RDKafkaErrorCode::MessageTimedOut) => (Code::BrokerTimeout, TIMED_OUT.to_owned()),
         _ => (
-            "broker_unavailable",
+            Code::BrokerUnavailable,
             format!("the broker did not accept the increment: {e}"),
         ),
     };
-    metrics::counter!(telemetry::BROKER_ERRORS, "code" => code).increment(1);
+    metrics::counter!(telemetry::BROKER_ERRORS, "code" => code.as_str()).increment(1);
     // A refusal (ACL, login) is logged once per episode there, and shown by /readyz.
     if !tally_pipeline::kafka_access::note(e, "a produce request was refused") {
-        tracing::warn!(error = %e, code, "append failed");
+        tracing::warn!(error = %e, code = code.as_str(), "append failed");
     }
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
 }

@@ -3,8 +3,10 @@
 //!
 //! Writes pass [`Guards::admit`] before their body is read: the bearer token (401), the
 //! per-client rate limit (429) and the in-flight bound (503), in that order. `/healthz`,
-//! `/readyz` and `/metrics` are open.
+//! `/readyz`, `/metrics` and `/openapi.json` are open. Only the operations of
+//! [`crate::contract::ROUTES`] are answered (404, or 405 with `Allow`, otherwise).
 
+use crate::contract::Code;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
@@ -81,7 +83,7 @@ impl Guards {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 return Err(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
+                    Code::RateLimited,
                     format!("too many requests from {ip}; retry after the Retry-After delay"),
                 )
                 .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
@@ -90,7 +92,7 @@ impl Guards {
         self.in_flight.clone().try_acquire_owned().map_err(|_| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
+                Code::Overloaded,
                 format!(
                     "{} requests are in flight, the most allowed",
                     self.max_in_flight
@@ -156,6 +158,7 @@ pub fn routes(
     state: Arc<State>,
     guards: Arc<Guards>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let auth_required = guards.authorization.is_some();
     let with_state = warp::any().map(move || state.clone());
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let content_type = warp::header::optional::<String>("content-type");
@@ -188,6 +191,7 @@ pub fn routes(
             r.map_err(warp::reject::custom)
         });
     let readiness = Arc::new(Readiness::new());
+    let probe = readiness.clone();
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with_state.clone())
@@ -202,7 +206,7 @@ pub fn routes(
                 } else {
                     ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "not_ready",
+                        Code::NotReady,
                         "the producer has no broker metadata for the topic",
                     )
                     .retry_after(1)
@@ -213,16 +217,26 @@ pub fn routes(
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_state)
-        .map(move |s: Arc<State>| render_metrics(&s, &guards));
-    tally_http::healthz()
+        .then(move |s: Arc<State>| {
+            let (probe, guards) = (probe.clone(), guards.clone());
+            async move {
+                let reachable = probe.check(&s).await;
+                render_metrics(&s, &guards, reachable)
+            }
+        });
+    let served = tally_http::healthz()
         .or(readyz)
         .unify()
         .or(metrics)
         .unify()
+        .or(crate::contract::openapi(auth_required))
+        .unify()
         .or(increment)
         .unify()
         .or(increments)
-        .unify()
+        .unify();
+    tally_http::contract::listed(crate::contract::ROUTES)
+        .and(served)
         .recover(tally_http::recover)
         .unify()
         .with(warp::log::custom(|info| {
@@ -231,9 +245,14 @@ pub fn routes(
         .with(tally_http::access_log())
 }
 
-fn render_metrics(state: &State, guards: &Guards) -> Response {
+/// Renders `/metrics`, with the gauges sampled now: queue depth, requests in flight, whether a
+/// broker answered the readiness probe (the one `/readyz` uses, cached alike), and the
+/// acknowledged log ends.
+fn render_metrics(state: &State, guards: &Guards, broker_reachable: bool) -> Response {
     metrics::gauge!(telemetry::QUEUE_DEPTH).set(state.appender.queue_depth() as f64);
     metrics::gauge!(telemetry::IN_FLIGHT).set(guards.in_flight() as f64);
+    metrics::gauge!(telemetry::BROKER_REACHABLE).set(if broker_reachable { 1.0 } else { 0.0 });
+    state.appender.publish_ends();
     let text = telemetry::handle().render();
     warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
 }
@@ -280,7 +299,7 @@ fn body(
                 Ok(r) => r,
                 Err(_) => Err(warp::reject::custom(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
+                    Code::BodyTimeout,
                     format!(
                         "the body was not received within {} ms",
                         timeout.as_millis()
@@ -302,7 +321,7 @@ where
     let mut buf = BytesMut::new();
     while let Some(mut chunk) = stream.try_next().await.map_err(|e| {
         warp::reject::custom(ApiError::bad_request(
-            "body_unreadable",
+            Code::BodyUnreadable,
             format!("cannot read the request body: {e}"),
         ))
     })? {
@@ -322,7 +341,7 @@ where
 fn too_large(limit: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
+        tally_http::Common::BodyTooLarge,
         format!("the body is larger than {limit} bytes"),
     )
 }

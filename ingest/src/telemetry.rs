@@ -10,7 +10,8 @@
 //! Exposed at `GET /metrics` (open like `/healthz`: it names routes, statuses and error codes,
 //! never counter keys or clients; restrict it at the network if that matters).
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -30,6 +31,13 @@ pub const IN_FLIGHT: &str = "tally_ingest_in_flight_requests";
 pub const BROKER_ERRORS: &str = "tally_ingest_broker_errors_total";
 /// Errors the Kafka client reported on its own (connection loss and the like).
 pub const CLIENT_ERRORS: &str = "tally_ingest_kafka_client_errors_total";
+/// 1 when a broker answered the producer's metadata request for the topic at the last scrape
+/// (the probe of `/readyz`, cached a second), else 0: 0 means no broker is reachable from here.
+pub const BROKER_REACHABLE: &str = "tally_ingest_broker_reachable";
+/// Per partition, one past the highest offset this process saw acknowledged: the log's end as
+/// far as this ingest knows. Prometheus subtracts the aggregators' committed next offsets from
+/// it (infra/prometheus), which gives a lag that still grows while no aggregator runs.
+pub const ACKED_END: &str = "tally_ingest_acknowledged_end_offset";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -71,6 +79,42 @@ fn describe() {
     describe_gauge!(IN_FLIGHT, "HTTP requests being handled");
     describe_counter!(BROKER_ERRORS, "appends that failed, by error code");
     describe_counter!(CLIENT_ERRORS, "errors reported by the Kafka client");
+    describe_gauge!(
+        BROKER_REACHABLE,
+        "1 when a broker answered a metadata request for the topic at the last scrape"
+    );
+    describe_gauge!(
+        ACKED_END,
+        "per partition, one past the highest offset acknowledged to this process"
+    );
+}
+
+/// The acknowledged log ends per partition ([`ACKED_END`]): updated once per acknowledged
+/// request (under a lock held for a map update), set as gauges when `/metrics` is rendered.
+#[derive(Debug, Default)]
+pub struct AckedEnds(Mutex<BTreeMap<i32, i64>>);
+
+impl AckedEnds {
+    /// Takes in the (partition, offset) of acknowledged records.
+    pub fn landed(&self, records: impl Iterator<Item = (i32, i64)>) {
+        let mut ends = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (partition, offset) in records {
+            let end = ends.entry(partition).or_insert(0);
+            *end = (*end).max(offset + 1);
+        }
+    }
+
+    /// The ends as they are now.
+    pub fn snapshot(&self) -> BTreeMap<i32, i64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets the [`ACKED_END`] gauges.
+    pub fn publish(&self) {
+        for (partition, end) in self.snapshot() {
+            metrics::gauge!(ACKED_END, "partition" => partition.to_string()).set(end as f64);
+        }
+    }
 }
 
 const ROUTES: [&str; 6] = [
@@ -140,5 +184,20 @@ impl Produce {
 impl Default for Produce {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acked_ends_keep_one_past_the_highest_offset_per_partition() {
+        let ends = AckedEnds::default();
+        ends.landed([(3, 7), (1, 0), (3, 2)].into_iter());
+        // A later request acknowledged with a lower offset (answers arrive out of order)
+        // never moves an end back.
+        ends.landed([(3, 5), (1, 4)].into_iter());
+        assert_eq!(ends.snapshot(), BTreeMap::from([(1, 5), (3, 8)]));
     }
 }

@@ -2,10 +2,15 @@
 //! replayer both run. It folds records into per-partition batches and commits them through
 //! [`Store::apply`]. It never commits work for a partition it no longer owns, and after a
 //! fenced commit it restarts that partition from the offset the database holds.
+//!
+//! Partitions belong to an origin ([`crate::origin`]): the methods without `_of` are the local
+//! origin's, the `_of` ones take the origin. One commit applies every origin's batches in one
+//! transaction, each by its own compare-and-set.
 
 use std::collections::BTreeMap;
 
 use crate::fold::{Folded, PartitionBatch, Record};
+use crate::origin::{OriginId, LOCAL};
 use crate::store::{Applied, LockHeld, Result, Store};
 
 /// Outcome of a commit, for the caller to act on.
@@ -19,6 +24,9 @@ pub struct CommitReport {
     /// the beginning). Their pending work was dropped; the caller must seek there.
     pub fenced: Vec<(i32, Option<i64>)>,
     pub committed: Vec<(i32, i64)>,
+    /// `fenced` and `committed` of every origin, each with its origin.
+    pub fenced_of: Vec<(OriginId, i32, Option<i64>)>,
+    pub committed_of: Vec<(OriginId, i32, i64)>,
     /// How long the commit held the database's write lock.
     pub lock_held: LockHeld,
     /// Offsets committed past without a record (transaction markers, aborted records), per
@@ -28,7 +36,7 @@ pub struct CommitReport {
 
 pub struct Applier {
     store: Store,
-    owned: BTreeMap<i32, PartitionBatch>,
+    owned: BTreeMap<(OriginId, i32), PartitionBatch>,
 }
 
 impl Applier {
@@ -46,20 +54,37 @@ impl Applier {
     /// Takes partitions over, starting each from its stored next offset. Returns where to start
     /// reading each one (`None`: from the beginning of the log).
     pub fn assign(&mut self, partitions: &[i32]) -> Result<Vec<(i32, Option<i64>)>> {
+        self.assign_of(LOCAL, partitions)
+    }
+
+    /// [`Applier::assign`] of an origin's partitions.
+    pub fn assign_of(
+        &mut self,
+        origin: OriginId,
+        partitions: &[i32],
+    ) -> Result<Vec<(i32, Option<i64>)>> {
         let mut starts = Vec::with_capacity(partitions.len());
         for &p in partitions {
-            let stored = self.store.stored_offset(p)?;
-            let batch = self.batch_from(p, stored)?;
-            self.owned.insert(p, batch);
+            let stored = self.store.stored_offset_of(origin, p)?;
+            let batch = self.batch_from(origin, p, stored)?;
+            self.owned.insert((origin, p), batch);
             starts.push((p, stored));
         }
         Ok(starts)
     }
 
     /// A batch starting at `start` that continues the partition's stored log clock.
-    fn batch_from(&self, partition: i32, start: Option<i64>) -> Result<PartitionBatch> {
-        let clock = self.store.stored_clock(partition)?;
-        Ok(PartitionBatch::new(start).with_clock(clock, self.store.idempotency_window()))
+    fn batch_from(
+        &self,
+        origin: OriginId,
+        partition: i32,
+        start: Option<i64>,
+    ) -> Result<PartitionBatch> {
+        let clock = self.store.stored_clock_of(origin, partition)?;
+        let mut batch =
+            PartitionBatch::new(start).with_clock(clock, self.store.idempotency_window());
+        batch.track_counted = self.store.folds_several_origins();
+        Ok(batch)
     }
 
     /// Declares that the caller positioned its reader of `partition` at the batch's next offset
@@ -68,7 +93,12 @@ impl Applier {
     /// ([`PartitionBatch::positioned`]). A fenced partition loses this until its reader is
     /// positioned again.
     pub fn positioned(&mut self, partition: i32) {
-        if let Some(b) = self.owned.get_mut(&partition) {
+        self.positioned_of(LOCAL, partition)
+    }
+
+    /// [`Applier::positioned`] for an origin's partition.
+    pub fn positioned_of(&mut self, origin: OriginId, partition: i32) {
+        if let Some(b) = self.owned.get_mut(&(origin, partition)) {
             b.positioned = true;
         }
     }
@@ -77,8 +107,13 @@ impl Applier {
     /// is ahead (the reader passed markers or aborted records after the last record folded).
     /// Returns whether it moved.
     pub fn advance_to(&mut self, partition: i32, position: i64) -> bool {
+        self.advance_to_of(LOCAL, partition, position)
+    }
+
+    /// [`Applier::advance_to`] for an origin's partition.
+    pub fn advance_to_of(&mut self, origin: OriginId, partition: i32, position: i64) -> bool {
         self.owned
-            .get_mut(&partition)
+            .get_mut(&(origin, partition))
             .is_some_and(|b| b.advance_to(position))
     }
 
@@ -86,16 +121,21 @@ impl Applier {
     /// with an explicit start). `start` must equal what the database stores for the first
     /// commit to pass; `first` is the first offset to fold.
     pub fn assign_at(&mut self, partition: i32, start: Option<i64>) -> Result<()> {
-        let batch = self.batch_from(partition, start)?;
-        self.owned.insert(partition, batch);
+        let batch = self.batch_from(LOCAL, partition, start)?;
+        self.owned.insert((LOCAL, partition), batch);
         Ok(())
     }
 
     /// Commits pending work, then gives the partitions up.
     pub fn revoke(&mut self, partitions: &[i32]) -> Result<CommitReport> {
+        self.revoke_of(LOCAL, partitions)
+    }
+
+    /// [`Applier::revoke`] of an origin's partitions (every origin's pending work commits).
+    pub fn revoke_of(&mut self, origin: OriginId, partitions: &[i32]) -> Result<CommitReport> {
         let report = self.commit();
         for p in partitions {
-            self.owned.remove(p);
+            self.owned.remove(&(origin, *p));
         }
         report
     }
@@ -103,19 +143,38 @@ impl Applier {
     /// Gives partitions up and drops their pending work (the assignment was lost, so another
     /// consumer may already own them).
     pub fn discard(&mut self, partitions: &[i32]) {
+        self.discard_of(LOCAL, partitions)
+    }
+
+    /// [`Applier::discard`] of an origin's partitions.
+    pub fn discard_of(&mut self, origin: OriginId, partitions: &[i32]) {
         for p in partitions {
-            self.owned.remove(p);
+            self.owned.remove(&(origin, *p));
         }
     }
 
+    /// The local origin's owned partitions.
     pub fn owned(&self) -> impl Iterator<Item = i32> + '_ {
-        self.owned.keys().copied()
+        self.owned_of(LOCAL)
+    }
+
+    /// An origin's owned partitions.
+    pub fn owned_of(&self, origin: OriginId) -> impl Iterator<Item = i32> + '_ {
+        self.owned
+            .keys()
+            .filter(move |(o, _)| *o == origin)
+            .map(|(_, p)| *p)
     }
 
     /// The next offset this applier expects for a partition (`None` if not owned or nothing
     /// stored and nothing folded).
     pub fn position(&self, partition: i32) -> Option<i64> {
-        self.owned.get(&partition).and_then(|b| b.next)
+        self.position_of(LOCAL, partition)
+    }
+
+    /// [`Applier::position`] for an origin's partition.
+    pub fn position_of(&self, origin: OriginId, partition: i32) -> Option<i64> {
+        self.owned.get(&(origin, partition)).and_then(|b| b.next)
     }
 
     /// Whether any owned partition has something to commit: records, or only a next offset
@@ -131,14 +190,24 @@ impl Applier {
 
     /// Folds one record of an owned partition.
     pub fn fold(&mut self, partition: i32, record: &Record<'_>) -> Result<Folded> {
-        let Some(batch) = self.owned.get_mut(&partition) else {
+        self.fold_of(LOCAL, partition, record)
+    }
+
+    /// Folds one record of an origin's owned partition.
+    pub fn fold_of(
+        &mut self,
+        origin: OriginId,
+        partition: i32,
+        record: &Record<'_>,
+    ) -> Result<Folded> {
+        let Some(batch) = self.owned.get_mut(&(origin, partition)) else {
             return Ok(Folded::NotOwned);
         };
         let store = &self.store;
         batch.fold_record(
             record,
-            |k| store.partition_sum(partition, k),
-            |rk| store.stored_request(partition, rk),
+            |k| store.partition_sum_of(origin, partition, k),
+            |rk| store.stored_request_of(origin, partition, rk),
         )
     }
 
@@ -151,32 +220,40 @@ impl Applier {
         }
         let Applied {
             committed,
+            committed_of,
             fenced,
             lock_held,
-        } = self.store.apply(self.owned.iter().map(|(p, b)| (*p, b)))?;
+        } = self
+            .store
+            .apply_origins(self.owned.iter().map(|(s, b)| (*s, b)))?;
         report.lock_held = lock_held;
-        for &(p, next) in &committed {
+        for &(o, p, next) in &committed_of {
             let slot = self
                 .owned
-                .get_mut(&p)
+                .get_mut(&(o, p))
                 .expect("committed partition is owned");
             // The reader goes on from where the batch ended, so it stays positioned.
             let mut fresh = PartitionBatch::new(Some(next))
                 .with_clock(slot.clock, self.store.idempotency_window());
             fresh.positioned = slot.positioned;
+            fresh.track_counted = slot.track_counted;
             let done = std::mem::replace(slot, fresh);
             report.records += done.records();
             report.rejected += done.rejected.len() as u64;
-            if done.skipped_offsets > 0 {
+            if done.skipped_offsets > 0 && o == LOCAL {
                 report.skipped.push((p, done.skipped_offsets));
             }
         }
         for f in fenced {
-            let batch = self.batch_from(f.partition, f.stored)?;
-            self.owned.insert(f.partition, batch);
-            report.fenced.push((f.partition, f.stored));
+            let batch = self.batch_from(f.origin, f.partition, f.stored)?;
+            self.owned.insert((f.origin, f.partition), batch);
+            if f.origin == LOCAL {
+                report.fenced.push((f.partition, f.stored));
+            }
+            report.fenced_of.push((f.origin, f.partition, f.stored));
         }
         report.committed = committed;
+        report.committed_of = committed_of;
         Ok(report)
     }
 }

@@ -31,6 +31,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::across::Counted;
 use crate::record::{decode_key, decode_request, decode_value, DecodeError, RequestTag};
 
 /// How long a request is remembered unless a database says otherwise, in log time.
@@ -187,6 +188,11 @@ pub struct PartitionBatch {
     pub positioned: bool,
     /// Offsets passed without a record (markers, aborted records), in this batch.
     pub skipped_offsets: u64,
+    /// Whether to keep [`PartitionBatch::counted`]: the database folds more than one origin.
+    pub track_counted: bool,
+    /// Records applied that carry a request header, in fold order, when tracked: what the
+    /// cross-origin retry rule compares ([`crate::across`]).
+    pub counted: Vec<Counted>,
 }
 
 impl PartitionBatch {
@@ -203,6 +209,8 @@ impl PartitionBatch {
             duplicate_keys: 0,
             positioned: false,
             skipped_offsets: 0,
+            track_counted: false,
+            counted: Vec::new(),
         }
     }
 
@@ -348,11 +356,25 @@ impl PartitionBatch {
             None => stored_sum(key_str)?,
         };
         self.pass(offset, skipped, clock);
+        let mut first_seen = None;
         if let (Some(tag), Some(state)) = (&tag, remembered) {
+            first_seen = Some(state.first_seen);
             self.requests.insert(tag.key.to_vec(), state);
         }
         match current.checked_add(delta) {
             Some(sum) => {
+                if let (true, Some(tag), Some(first_seen)) = (self.track_counted, &tag, first_seen)
+                {
+                    self.counted.push(Counted {
+                        request: tag.key.to_vec(),
+                        index: tag.index,
+                        fingerprint: tag.fingerprint,
+                        first_seen,
+                        offset,
+                        key: key_str.to_owned(),
+                        delta,
+                    });
+                }
                 // Allocate the key only the first time it is seen in this batch (hot path).
                 match self.sums.get_mut(key_str) {
                     Some(slot) => *slot = sum,
@@ -596,6 +618,31 @@ mod tests {
         assert_eq!(b.clock, Some(2_000));
         // A redelivered offset is a plain duplicate, whatever its request.
         assert_eq!(req(&mut b, 1, 2_000, ("new", 0, &FP)), Folded::Duplicate);
+    }
+
+    #[test]
+    fn a_tracking_batch_keeps_the_records_it_counted_with_their_request() {
+        let mut b = PartitionBatch::new(Some(0));
+        b.track_counted = true;
+        assert_eq!(req(&mut b, 0, 1_000, ("r", 0, &FP)), Folded::Applied);
+        assert_eq!(req(&mut b, 1, 1_200, ("r", 0, &FP)), Folded::DuplicateKey);
+        assert_eq!(req(&mut b, 2, 900, ("r", 1, &FP)), Folded::Applied);
+        assert_eq!(req(&mut b, 3, 1_300, ("r", 2, &[9; 16])), Folded::Rejected);
+        b.fold(4, Some(b"k"), Some(&encode_value(1)), |_| {
+            Ok::<_, Infallible>(0)
+        })
+        .unwrap();
+        let seen: Vec<(u32, i64, i64)> = b
+            .counted
+            .iter()
+            .map(|c| (c.index, c.first_seen, c.offset))
+            .collect();
+        // Index 1 belongs to the request first seen at 1,000 (the clock stood at 1,200).
+        assert_eq!(seen, vec![(0, 1_000, 0), (1, 1_000, 2)]);
+        assert_eq!((b.counted[0].key.as_str(), b.counted[0].delta), ("k", 1));
+        let mut untracked = PartitionBatch::new(Some(0));
+        req(&mut untracked, 0, 1_000, ("r", 0, &FP));
+        assert!(untracked.counted.is_empty());
     }
 
     #[test]

@@ -1,7 +1,6 @@
-//! The command-line flags that say where the log is (brokers, topic, how to create the topic),
-//! and how a consumed Kafka message becomes a record of the fold. Nothing here talks to the
-//! broker: the settings of each client are [`crate::client_config`]'s, the topic's creation and
-//! checks [`crate::topic`]'s.
+//! The command-line flags that say where the log is (brokers, topic, how to create the topic).
+//! Nothing here talks to the broker: the settings of each client are [`crate::client_config`]'s,
+//! the topic's creation and checks [`crate::topic`]'s, reading [`crate::reader`]'s.
 
 /// Where the log is: flags every binary takes. The broker and topic flags are `global`: a
 /// binary with subcommands (the replayer) accepts them before or after the subcommand. The
@@ -58,6 +57,15 @@ impl KafkaArgs {
         }
     }
 
+    /// The same settings (the operator's client settings included) for other brokers: another
+    /// origin's cluster.
+    pub fn with_brokers(&self, brokers: &str) -> Self {
+        KafkaArgs {
+            brokers: brokers.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// The operator's client settings ([`crate::kafka_overrides`]), read and judged once. The
     /// start-up check ([`crate::kafka_access::check`]) ends the process on an error; the client
     /// builders apply them only when valid ([`crate::client_config`]'s `finish`).
@@ -76,26 +84,5 @@ impl KafkaArgs {
             Ok(o) => o.redact(text),
             Err(_) => text.to_owned(),
         }
-    }
-}
-
-/// A consumed message as the fold reads it: offset, key, value, timestamp, and its request
-/// header ([`crate::record::REQUEST_HEADER`], or the older [`crate::record::IDEMPOTENCY_HEADER`]).
-pub fn record_of<M: rdkafka::message::Message>(m: &M) -> crate::fold::Record<'_> {
-    use crate::fold::RequestHeader;
-    use rdkafka::message::Headers as _;
-    let request = m.headers().and_then(|hs| {
-        hs.iter().find_map(|h| match (h.key, h.value) {
-            (crate::record::REQUEST_HEADER, Some(v)) => Some(RequestHeader::V1(v)),
-            (crate::record::IDEMPOTENCY_HEADER, Some(v)) => Some(RequestHeader::Legacy(v)),
-            _ => None,
-        })
-    });
-    crate::fold::Record {
-        offset: m.offset(),
-        key: m.key(),
-        value: m.payload(),
-        timestamp: m.timestamp().to_millis(),
-        request,
     }
 }

@@ -264,6 +264,16 @@ mod tests {
         );
     }
 
+    /// The fingerprint is in every record on disk: a library upgrade must not change it, or a
+    /// retry across the upgrade would be quarantined as a reused key. The bytes are the first
+    /// 16 of SHA-1 over the encoding, computed apart from this crate.
+    #[test]
+    fn fingerprints_are_stable_bytes() {
+        let fp = request_fingerprint([("a", 1), ("b", -2)]);
+        let hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "b423d40d41f406c768d1713747eec99f");
+    }
+
     #[test]
     fn key_rules() {
         assert_eq!(decode_key(Some(b"k")), Ok("k"));

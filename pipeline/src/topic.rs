@@ -159,7 +159,8 @@ async fn create(kafka: &KafkaArgs) -> anyhow::Result<()> {
         kafka.partitions,
         TopicReplication::Fixed(kafka.replication_factor),
     );
-    for (name, value) in CREATE_CONFIGS {
+    let durability = crate::durability::create_configs(kafka.replication_factor);
+    for (name, value) in CREATE_CONFIGS.into_iter().chain(durability) {
         topic = topic.set(name, value);
     }
     let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));

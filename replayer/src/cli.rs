@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tally_pipeline::applier::Applier;
 use tally_pipeline::kafka::KafkaArgs;
+use tally_pipeline::origin::OriginArgs;
 use tally_pipeline::store::{OpenMode, Store};
 use tally_pipeline::topic;
 use tally_pipeline::window::WindowArgs;
@@ -27,6 +28,10 @@ pub struct Cli {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub window: WindowArgs,
+    /// Origins: `rebuild` names the new database's local origin with `--origin-name`; folding
+    /// remote origins (`--origin`) is not built into the replayer yet and is refused.
+    #[command(flatten)]
+    pub origins: OriginArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -122,6 +127,12 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    if !cli.origins.origins.is_empty() {
+        anyhow::bail!(
+            "the replayer folds the local origin only in this version: drop --origin (and \
+             TALLY_ORIGINS)"
+        );
+    }
     topic::check_blocking(&cli.kafka)?;
     let window = cli.window.window();
     match cli.command {
@@ -147,6 +158,14 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Err(why) = topic::check_id(&cli.kafka, &mut store)? {
                 anyhow::bail!("{why}; rebuild into a new database");
             }
+            if store.folds_several_origins() {
+                anyhow::bail!(
+                    "{} folds remote origins; the replayer folds the local origin only in \
+                     this version",
+                    db.display()
+                );
+            }
+            tally_pipeline::origin_start::bind_or_refuse(&cli.kafka, &cli.origins, &mut store)?;
             store.bind_idempotency_window(window)?;
             let mut applier = Applier::new(store);
             let s = crate::replay::replay(&cli.kafka, &mut applier, &from, &to, None)?;

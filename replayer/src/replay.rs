@@ -1,5 +1,6 @@
 //! The replay engine: reads chosen partitions of the log from a start to an end and folds them
-//! with the same [`Applier`] the aggregator uses, committing as it goes. It is caught up when
+//! with the same [`Applier`] the aggregator uses, by the same reading rules
+//! ([`tally_pipeline::reader`]), committing as it goes. It is caught up when
 //! librdkafka reports partition EOF, never by trusting the high watermark (which only sizes
 //! the progress bar). Times in `--from`/`--to` become offsets through [`crate::timestamps`].
 //!
@@ -12,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use rdkafka::consumer::Consumer;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
 use tally_pipeline::applier::Applier;
 use tally_pipeline::fold::Folded;
 use tally_pipeline::kafka::KafkaArgs;
+use tally_pipeline::kafka_log::LoggingContext;
+use tally_pipeline::reader::{Fold, FoldingReader, Polled, Start};
 use tally_pipeline::topic::{judge_position, partitions_of};
 
 use crate::positions::{From, To};
@@ -62,30 +64,61 @@ pub fn replay(
         To::Timestamp(t) => To::Offsets(timestamps::resolve(kafka, &all, *t)?),
         other => other.clone(),
     };
-    let stored = applier.assign(&all).context("cannot read stored offsets")?;
+    let plan = plan(&consumer, &kafka.topic, applier, &all, &from, &to)?;
+    if plan.ends.is_empty() {
+        return Ok(Summary::default());
+    }
+    let reader = FoldingReader::new(&consumer, &kafka.topic);
+    reader
+        .start(applier, &plan.starts, Start::Assign)
+        .context("cannot assign partitions")?;
+    Replay::new(reader, applier, plan).run()
+}
+
+/// Where each partition of a replay starts and ends, and how many records that makes.
+struct Plan {
+    starts: Vec<(i32, Option<i64>)>,
+    /// The partitions to read, each with its end offset (`None`: its end when reached).
+    ends: BTreeMap<i32, Option<i64>>,
+    /// Records expected, for the progress bar only.
+    expected_records: Option<u64>,
+}
+
+/// Takes `partitions` over in the applier and decides each one's start ([`start_offset`]) and
+/// end; a partition whose start is at or past its end is given up again.
+fn plan(
+    consumer: &Reader,
+    topic: &str,
+    applier: &mut Applier,
+    partitions: &[i32],
+    from: &From,
+    to: &To,
+) -> anyhow::Result<Plan> {
+    let stored = applier
+        .assign(partitions)
+        .context("cannot read stored offsets")?;
     if stored.iter().any(|(_, s)| s.is_some()) {
         tracing::info!(?stored, "continuing from the database's stored offsets");
     }
-    let mut tpl = TopicPartitionList::new();
-    let mut ends: BTreeMap<i32, Option<i64>> = BTreeMap::new();
-    let mut expected_records: Option<u64> = Some(0);
+    let mut plan = Plan {
+        starts: Vec::new(),
+        ends: BTreeMap::new(),
+        expected_records: Some(0),
+    };
     for (p, stored) in stored {
-        let wanted = match &from {
+        let wanted = match from {
             From::Offsets(m) => m.get(&p).map_or(Wanted::Default, |w| Wanted::At(*w)),
             From::LogStart => Wanted::LogStart,
             _ => Wanted::Default,
         };
         let (low, high) = consumer
-            .fetch_watermarks(&kafka.topic, p, Duration::from_secs(30))
+            .fetch_watermarks(topic, p, Duration::from_secs(30))
             .with_context(|| {
-                format!(
-                    "cannot read the watermarks of topic {} partition {p}",
-                    kafka.topic
-                )
+                format!("cannot read the watermarks of topic {topic} partition {p}")
             })?;
         let start =
-            start_offset(&kafka.topic, p, stored, wanted, low, high).map_err(anyhow::Error::msg)?;
-        let end = match &to {
+            start_offset(topic, p, stored, wanted, low, high).map_err(anyhow::Error::msg)?;
+        let end = match to {
             To::Offsets(m) => m.get(&p).copied(),
             _ => None,
         };
@@ -93,111 +126,174 @@ pub fn replay(
             applier.discard(&[p]);
             continue;
         }
-        expected_records = expected_records
+        plan.expected_records = plan
+            .expected_records
             .zip(estimate(high, start, end))
             .map(|(a, b)| a + b);
-        tpl.add_partition_offset(&kafka.topic, p, Offset::Offset(start))?;
-        ends.insert(p, end);
+        plan.starts.push((p, Some(start)));
+        plan.ends.insert(p, end);
     }
-    let mut summary = Summary {
-        partitions: ends.len(),
-        ..Summary::default()
-    };
-    if ends.is_empty() {
-        return Ok(summary);
+    Ok(plan)
+}
+
+/// A replay under way: the partitions still open, and what was folded and committed.
+struct Replay<'r, 'a> {
+    reader: FoldingReader<'r, LoggingContext>,
+    applier: &'a mut Applier,
+    ends: BTreeMap<i32, Option<i64>>,
+    /// Partitions short of their end.
+    open: BTreeSet<i32>,
+    summary: Summary,
+    progress: Progress,
+    /// Records folded since the progress bar was last moved.
+    folded: u64,
+    last_commit: Instant,
+    last_progress: Instant,
+}
+
+/// What one poll of a replay brought.
+enum Step {
+    /// A record was folded, or passed over as a marker before the partition's end.
+    Record,
+    /// A record of a partition already at its end, or the one record past it.
+    Ignored,
+    Other,
+}
+
+impl<'r, 'a> Replay<'r, 'a> {
+    fn new(
+        reader: FoldingReader<'r, LoggingContext>,
+        applier: &'a mut Applier,
+        plan: Plan,
+    ) -> Self {
+        Replay {
+            reader,
+            applier,
+            open: plan.ends.keys().copied().collect(),
+            summary: Summary {
+                partitions: plan.ends.len(),
+                ..Summary::default()
+            },
+            ends: plan.ends,
+            progress: Progress::new(plan.expected_records),
+            folded: 0,
+            last_commit: Instant::now(),
+            last_progress: Instant::now(),
+        }
     }
-    consumer.assign(&tpl).context("cannot assign partitions")?;
-    // Each partition reads from exactly its start offset and cannot jump
-    // (`auto.offset.reset=error`), so offsets it is not handed are markers or aborted records.
-    for p in ends.keys() {
-        applier.positioned(*p);
-    }
-    let mut open: BTreeSet<i32> = ends.keys().copied().collect();
-    let mut last_commit = Instant::now();
-    let mut last_progress = Instant::now();
-    let mut progress = Progress::new(expected_records);
-    // Records folded since the clock was last read: it is read (for the commit, the stall
-    // check and the progress report) every CLOCK_EVERY records and after anything but a record.
-    let (mut folded, mut since_clock) = (0u64, 0u32);
-    while !open.is_empty() {
-        let mut record = false;
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                record = true;
-                let (p, offset) = (m.partition(), m.offset());
-                if !open.contains(&p) {
-                    continue;
-                }
-                if let Some(e) = ends[&p].filter(|e| offset >= *e) {
-                    // Nothing was handed over between the last record folded and this one, so
-                    // the offsets up to the end are markers or aborted records.
-                    applier.advance_to(p, e);
-                    close(&consumer, &kafka.topic, &mut open, p);
-                    continue;
-                }
-                match applier.fold(p, &tally_pipeline::kafka::record_of(&m))? {
-                    Folded::Applied | Folded::Rejected | Folded::DuplicateKey => folded += 1,
-                    Folded::Duplicate | Folded::NotOwned => {}
-                    Folded::Gap => bail!(
-                        "topic {} partition {p}: the log jumps from offset {:?} to {offset}; records are missing from the log",
-                        kafka.topic,
-                        applier.position(p)
-                    ),
-                }
-                if ends[&p].is_some_and(|e| offset + 1 >= e) {
-                    close(&consumer, &kafka.topic, &mut open, p);
-                }
+
+    /// Reads until every partition reached its end, committing on the way.
+    fn run(mut self) -> anyhow::Result<Summary> {
+        // Steps since the clock was last read: it is read (for the commit, the stall check and
+        // the progress report) every CLOCK_EVERY records and after anything but a record.
+        let mut since_clock = 0u32;
+        while !self.open.is_empty() {
+            let step = self.step()?;
+            if matches!(step, Step::Ignored) {
+                continue;
             }
-            Some(Err(KafkaError::PartitionEOF(p))) if open.contains(&p) => {
-                // The reader's position is past any trailing markers it consumed.
-                if let Ok(Offset::Offset(at)) = position(&consumer, &kafka.topic, p) {
-                    applier.advance_to(p, at);
-                }
-                let reached = match ends[&p] {
-                    None => true,
-                    Some(e) => applier.position(p).is_some_and(|at| at >= e),
-                };
-                if reached {
-                    close(&consumer, &kafka.topic, &mut open, p);
-                }
+            since_clock += 1;
+            if matches!(step, Step::Record) && since_clock < CLOCK_EVERY {
+                continue;
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(
-                e @ KafkaError::MessageConsumption(
-                    RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
-                ),
-            )) => bail!(
+            since_clock = 0;
+            self.on_the_clock()?;
+        }
+        self.progress.inc(self.folded);
+        commit(self.applier, &mut self.summary)?;
+        self.progress.finish();
+        Ok(self.summary)
+    }
+
+    fn step(&mut self) -> anyhow::Result<Step> {
+        match self.reader.poll(Duration::from_millis(100)) {
+            Polled::Record(m) => self.record(&m),
+            Polled::End(p) => {
+                self.reached_end(p);
+                Ok(Step::Other)
+            }
+            Polled::OutsideLog(e) => bail!(
                 "topic {}: a start offset is outside the log ({e}); the log changed during the \
                  replay (records deleted, or the topic recreated): check the topic and run again",
-                kafka.topic
+                self.reader.topic()
             ),
             // Already logged by the context's error callback.
-            Some(Err(e @ KafkaError::MessageConsumption(_))) => {
-                tracing::debug!(error = %e, "reader error")
+            Polled::Error(e @ KafkaError::MessageConsumption(_)) => {
+                tracing::debug!(error = %e, "reader error");
+                Ok(Step::Other)
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "reader error"),
-            None => {}
+            Polled::Error(e) => {
+                tracing::warn!(error = %e, "reader error");
+                Ok(Step::Other)
+            }
+            Polled::Nothing => Ok(Step::Other),
         }
-        since_clock += 1;
-        if record && since_clock < CLOCK_EVERY {
-            continue;
+    }
+
+    fn record(&mut self, m: &BorrowedMessage<'_>) -> anyhow::Result<Step> {
+        let (p, offset) = (m.partition(), m.offset());
+        if !self.open.contains(&p) {
+            return Ok(Step::Ignored);
         }
-        since_clock = 0;
-        if folded > 0 {
-            progress.inc(folded);
-            folded = 0;
-            last_progress = Instant::now();
+        let end = self.ends[&p];
+        if let Some(e) = end.filter(|e| offset >= *e) {
+            // Nothing was handed over between the last record folded and this one, so the
+            // offsets up to the end are markers or aborted records.
+            self.applier.advance_to(p, e);
+            self.close(p);
+            return Ok(Step::Ignored);
         }
-        if last_commit.elapsed() >= COMMIT_EVERY {
-            commit(applier, &mut summary)?;
-            last_commit = Instant::now();
+        match self.reader.fold(self.applier, m) {
+            Fold::Folded(Folded::Applied | Folded::Rejected | Folded::DuplicateKey) => {
+                self.folded += 1;
+            }
+            Fold::Folded(_) => {}
+            Fold::SoughtBack { expected } => bail!(
+                "topic {} partition {p}: the log jumps from offset {expected:?} to {offset}; records are missing from the log",
+                self.reader.topic()
+            ),
+            Fold::Retry(e) => return Err(e.into()),
         }
-        if last_progress.elapsed() >= STALL {
-            let at: Vec<String> = open
+        if end.is_some_and(|e| offset + 1 >= e) {
+            self.close(p);
+        }
+        Ok(Step::Record)
+    }
+
+    /// A partition's end: its batch moves past trailing markers (the reader's position), and the
+    /// partition is done when that reaches its end offset (or it has none).
+    fn reached_end(&mut self, p: i32) {
+        if !self.open.contains(&p) {
+            return;
+        }
+        self.reader.advance(self.applier, Some(&[p]));
+        let reached = match self.ends[&p] {
+            None => true,
+            Some(e) => self.applier.position(p).is_some_and(|at| at >= e),
+        };
+        if reached {
+            self.close(p);
+        }
+    }
+
+    /// Moves the progress bar, commits when due, and gives up on a stall.
+    fn on_the_clock(&mut self) -> anyhow::Result<()> {
+        if self.folded > 0 {
+            self.progress.inc(self.folded);
+            self.folded = 0;
+            self.last_progress = Instant::now();
+        }
+        if self.last_commit.elapsed() >= COMMIT_EVERY {
+            commit(self.applier, &mut self.summary)?;
+            self.last_commit = Instant::now();
+        }
+        if self.last_progress.elapsed() >= STALL {
+            let at: Vec<String> = self
+                .open
                 .iter()
                 .map(|p| {
-                    let end = ends[p].map_or("its end".to_owned(), |e| e.to_string());
-                    format!("{p} at {:?} of {end}", applier.position(*p))
+                    let end = self.ends[p].map_or("its end".to_owned(), |e| e.to_string());
+                    format!("{p} at {:?} of {end}", self.applier.position(*p))
                 })
                 .collect();
             bail!(
@@ -205,25 +301,20 @@ pub fn replay(
                 at.join(", ")
             );
         }
+        Ok(())
     }
-    progress.inc(folded);
-    commit(applier, &mut summary)?;
-    progress.finish();
-    Ok(summary)
+
+    /// Stops reading a finished partition.
+    fn close(&mut self, p: i32) {
+        if self.open.remove(&p) {
+            self.reader.pause(&[p]);
+        }
+    }
 }
 
 /// Records between `start` and `end` (or the high watermark), for the progress bar only.
 fn estimate(high: i64, start: i64, end: Option<i64>) -> Option<u64> {
     Some(end.unwrap_or(high).saturating_sub(start).max(0) as u64)
-}
-
-/// The reader's position in one partition: the offset after the last record or marker it
-/// handed over.
-fn position(consumer: &Reader, topic: &str, p: i32) -> anyhow::Result<Offset> {
-    let all = consumer.position()?;
-    Ok(all
-        .find_partition(topic, p)
-        .map_or(Offset::Invalid, |e| e.offset()))
 }
 
 /// What `--from` asks of one partition.
@@ -277,15 +368,6 @@ fn start_offset(
              them; to rebuild from what is left, pass --from log-start (or --from {p}:{low})"
         )),
         (None, Wanted::Default) => Ok(0),
-    }
-}
-
-pub(crate) fn close(consumer: &Reader, topic: &str, open: &mut BTreeSet<i32>, p: i32) {
-    if open.remove(&p) {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(topic, p);
-        // Stop fetching a finished partition; failure only costs some wasted fetches.
-        let _ = consumer.pause(&tpl);
     }
 }
 

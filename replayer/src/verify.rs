@@ -125,6 +125,12 @@ pub fn verify(
 ) -> anyhow::Result<Report> {
     let live_store = Store::open(live, &kafka.topic, OpenMode::Existing)
         .with_context(|| format!("cannot open the live database {}", live.display()))?;
+    if live_store.folds_several_origins() {
+        anyhow::bail!(
+            "{} folds remote origins; verify covers the local origin only in this version",
+            live.display()
+        );
+    }
     // Read-only: verify never binds a database to an id, it only compares a bound one.
     if let (Some(stored), Some(current)) = (
         live_store.stored_topic_id()?,

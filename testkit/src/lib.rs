@@ -51,6 +51,21 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A program on PATH, or a loud failure naming how to install it (`install`); scripts/test.sh
+/// installs every tool the tests need, so a missing one is never a skip.
+pub fn tool(name: &str, install: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "`{name}` is not installed, so this check cannot run: {install} (scripts/test.sh does)"
+        )
+    })
+}
+
 /// A unique name for topics and groups, so tests sharing a broker never collide.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

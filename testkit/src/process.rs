@@ -1,4 +1,4 @@
-//! Tally's binaries as child processes of a test, with their logs in files, and signals
+//! Tally's binaries (and tools such as Prometheus) as child processes of a test, with their logs in files, and signals
 //! (SIGKILL, SIGTERM, SIGSTOP, SIGCONT) to inject faults.
 
 use std::path::{Path, PathBuf};
@@ -35,6 +35,18 @@ impl Proc {
     /// Starts `bin(name)` with `args` and `envs`, logging to `log_dir/NAME.log`.
     pub fn start(name: &str, args: &[String], envs: &[(&str, String)], log_dir: &Path) -> Proc {
         Proc::launch(Command::new(bin(name)), name, args, envs, log_dir)
+    }
+
+    /// Starts another program (a tool on PATH, such as Prometheus) the same way, logging to
+    /// `log_dir/NAME.log`.
+    pub fn start_program(
+        program: &Path,
+        name: &str,
+        args: &[String],
+        envs: &[(&str, String)],
+        log_dir: &Path,
+    ) -> Proc {
+        Proc::launch(Command::new(program), name, args, envs, log_dir)
     }
 
     /// Like [`Proc::start`], inside network namespace `netns` (`ip netns exec`, which execs the

@@ -5,6 +5,7 @@
 //! meanwhile, or a partition has no owner), the read is refused with 503 and `Retry-After`, never
 //! answered incomplete or with a partition counted twice. The caller merges the answers.
 
+use crate::contract::Code;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
@@ -28,7 +29,7 @@ struct Owned<T> {
     partitions: Vec<i32>,
 }
 
-fn unavailable(code: &'static str, message: String) -> ApiError {
+fn unavailable(code: Code, message: String) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
 }
 
@@ -81,7 +82,7 @@ where
     let table = f.peers.table();
     let Some(partitions) = table.partitions else {
         return Err(unavailable(
-            "owner_unknown",
+            Code::OwnerUnknown,
             "the group's members have not been read yet".into(),
         ));
     };
@@ -89,7 +90,7 @@ where
     for p in 0..partitions {
         let Some(o) = table.owners.get(&p) else {
             return Err(unavailable(
-                "owner_unknown",
+                Code::OwnerUnknown,
                 format!("partition {p} has no owner in the group now (a rebalance is under way)"),
             ));
         };
@@ -123,7 +124,7 @@ fn covering<T>(partitions: i32, answers: Vec<Owned<T>>) -> Result<Vec<T>, ApiErr
         for p in answer.partitions {
             if !covered.insert(p) {
                 return Err(unavailable(
-                    "owner_unknown",
+                    Code::OwnerUnknown,
                     format!("partition {p} moved while the answer was gathered; retry"),
                 ));
             }
@@ -132,7 +133,7 @@ fn covering<T>(partitions: i32, answers: Vec<Owned<T>>) -> Result<Vec<T>, ApiErr
     }
     if let Some(p) = (0..partitions).find(|p| !covered.contains(p)) {
         return Err(unavailable(
-            "owner_unknown",
+            Code::OwnerUnknown,
             format!("partition {p} moved while the answer was gathered; retry"),
         ));
     }
@@ -148,7 +149,7 @@ async fn ask<T: DeserializeOwned>(
     let unreachable = |e: reqwest::Error| {
         tracing::warn!(%owner, path, error = %e, "cannot gather an answer from a member");
         unavailable(
-            "owner_unreachable",
+            Code::OwnerUnreachable,
             format!("the member at {owner} did not answer"),
         )
     };

@@ -2,6 +2,7 @@
 //! shared database the page is read from it; with a database per member it is gathered from
 //! every owner ([`super::gather`]) and merged in key order.
 
+use crate::contract::Code;
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
@@ -39,7 +40,7 @@ pub(super) async fn list_sums(
     let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if !(1..=MAX_LIST_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(
-            "invalid_limit",
+            Code::InvalidLimit,
             format!("limit must be between 1 and {MAX_LIST_LIMIT}"),
         ));
     }

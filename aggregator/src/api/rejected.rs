@@ -4,6 +4,7 @@
 //! also hold records of partitions it once owned or follows as a standby, which its owner's
 //! database holds too.
 
+use crate::contract::Code;
 use std::collections::BTreeSet;
 
 use base64::Engine as _;
@@ -53,7 +54,7 @@ pub(super) async fn get_rejected(
     let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if !(1..=MAX_LIST_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(
-            "invalid_limit",
+            Code::InvalidLimit,
             format!("limit must be between 1 and {MAX_LIST_LIMIT}"),
         ));
     }

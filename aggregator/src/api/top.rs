@@ -3,6 +3,7 @@
 //! ([`super::gather`]); a key lives in one partition, so the first N of the merged rankings are
 //! the group's first N.
 
+use crate::contract::Code;
 use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
@@ -40,7 +41,7 @@ pub(super) async fn get_top(
             .filter(|n| (1..=MAX_TOP).contains(n))
             .ok_or_else(|| {
                 ApiError::bad_request(
-                    "invalid_limit",
+                    Code::InvalidLimit,
                     format!("limit must be an integer from 1 to {MAX_TOP}, got '{raw}'"),
                 )
             })?,

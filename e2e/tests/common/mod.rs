@@ -6,7 +6,7 @@
 pub mod members;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +16,7 @@ use tally_testkit::broker::Broker;
 use tally_testkit::client::{caught_up, http, offsets, GroundTruth};
 use tally_testkit::netns::Host;
 use tally_testkit::process::{bin, Proc};
-use tally_testkit::{free_port, unique, wait_for};
+use tally_testkit::{free_port, unique, wait_for, workspace_root};
 
 pub struct Pipeline {
     pub broker: Broker,
@@ -155,7 +155,8 @@ impl Pipeline {
     }
 }
 
-fn wait_healthy(base: &str, proc: &Proc) {
+/// Waits until `base/healthz` answers 200; panics with the process's log after a minute.
+pub fn wait_healthy(base: &str, proc: &Proc) {
     let client = http();
     let url = format!("{base}/healthz");
     let start = std::time::Instant::now();
@@ -263,4 +264,53 @@ impl Drop for Pipeline {
             eprintln!("test directory kept: {}", self.dir.path().display());
         }
     }
+}
+
+/// `infra/kafka-cli.sh ARGS...` with `TALLY_BROKERS` set to `brokers`.
+pub fn kafka_cli(brokers: &str, args: &[&str]) -> Output {
+    Command::new(workspace_root().join("infra/kafka-cli.sh"))
+        .args(args)
+        .env("TALLY_BROKERS", brokers)
+        .output()
+        .expect("cannot run infra/kafka-cli.sh")
+}
+
+/// Its standard output, asserting exit 0.
+pub fn kafka_cli_ok(brokers: &str, args: &[&str]) -> String {
+    let out = kafka_cli(brokers, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "infra/kafka-cli.sh {args:?} exited {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `configs --describe` of `topic`: its own settings, one `name=value` each.
+pub fn topic_configs(brokers: &str, topic: &str) -> String {
+    kafka_cli_ok(
+        brokers,
+        &[
+            "configs",
+            "--describe",
+            "--entity-type",
+            "topics",
+            "--entity-name",
+            topic,
+        ],
+    )
+}
+
+/// A text file of the repository, or a panic naming it.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// A YAML file as JSON (anchors and aliases resolved).
+pub fn yaml(path: &Path) -> Value {
+    let v: serde_norway::Value = serde_norway::from_str(&read(path))
+        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
+    serde_json::to_value(v).expect("yaml maps to json")
 }
