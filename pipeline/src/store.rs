@@ -11,7 +11,8 @@
 //! - [`reads`]: sums, listings by prefix, the top keys, offsets, quarantined records and the
 //!   snapshot verify compares;
 //! - [`requests`]: what each partition remembers of client requests (see [`crate::fold`]), its
-//!   log clock, the idempotency window bound to the database, and pruning of requests past it.
+//!   log clock, the idempotency window bound to the database, and pruning of requests past it;
+//! - [`identity`]: the database's random identity, drawn by a migration.
 //!
 //! Everything is re-exported here: callers name `store::Store`, `store::Applied` and so on.
 
@@ -19,6 +20,7 @@ use rusqlite::Connection;
 use std::time::Duration;
 
 mod apply;
+mod identity;
 mod reads;
 mod requests;
 mod schema;

@@ -17,6 +17,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("001_initial.sql"),
     include_str!("002_idempotency.sql"),
     include_str!("003_requests.sql"),
+    include_str!("004_identity.sql"),
 ];
 
 /// How long a writer waits for another process's transaction before giving up.
