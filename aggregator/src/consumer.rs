@@ -362,6 +362,10 @@ pub fn run(
     if let Err(why) = tally_pipeline::topic::check_id(&config.kafka, &mut store)? {
         return refuse(why, &progress, &stop);
     }
+    let me = crate::peers::Member {
+        db: Some(store.database_id()?),
+        url: config.advertise_url.clone(),
+    };
     let ctx = Ctx {
         topic: topic.clone(),
         applier: Mutex::new(Applier::new(store)),
@@ -374,7 +378,7 @@ pub fn run(
     let member = Member {
         group: &config.group,
         session_timeout: config.session_timeout(),
-        client_id: config.advertise_url.as_deref().map(crate::peers::client_id),
+        client_id: Some(crate::peers::client_id(&me)),
         statistics_interval: Some(STATS_INTERVAL),
         fetch: config.fetch(),
     };

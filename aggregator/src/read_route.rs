@@ -1,0 +1,459 @@
+//! Where a read is answered: the one rule every read path asks ([`decide`] for one key's
+//! partition, [`plan`] for a read over every partition). A read is answered only from a
+//! database that holds the key's partition:
+//!
+//! - [`Route::Owner`]: this member owns the partition, and folds it into its database;
+//! - [`Route::Shared`]: another member owns it and commits to this member's database (the same
+//!   identity, [`crate::peers::Member::db`]: one shared file);
+//! - [`Route::Forward`]: the owner is on another database and advertised a URL: the read goes
+//!   there;
+//! - [`Route::Refuse`]: the owner is on another database and advertises no URL
+//!   (`owner_not_shared`), or no member owns the partition now, or the group has not been read
+//!   yet (`owner_unknown`): 503, never a sum this database cannot vouch for.
+//!
+//! A partition that no member owns at the moment (a rebalance) keeps the behaviour of each
+//! documented mode: a member without a URL answers it from its database when every member of
+//! the group announces that same database (one shared file holds every partition); a member
+//! with a URL refuses it with `owner_unknown` and `Retry-After`, as before. In a mixed group it
+//! is refused too.
+//!
+//! A read forwarded by another member is never forwarded again (no bouncing on stale views of
+//! the group): it is answered here when this database holds the partition, else refused as
+//! moved (`owner_unknown`), and the member that forwarded it retries.
+
+use std::collections::BTreeSet;
+
+use tally_http::ApiError;
+use warp::http::StatusCode;
+
+use crate::peers::{Member, Table};
+
+/// Where a read of one partition is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Owner,
+    Shared,
+    /// The owner's URL.
+    Forward(String),
+    Refuse(Refusal),
+}
+
+/// Why a read is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The group's members have not been read yet.
+    GroupUnread,
+    /// No member owns the partition now (a rebalance), and this database is not known to hold
+    /// it.
+    NoOwner(i32),
+    /// The owner commits to another database and advertises no URL.
+    NotShared(i32),
+    /// A forwarded read reached a member whose database does not hold the partition (it moved
+    /// away meanwhile).
+    Moved(i32),
+}
+
+impl Refusal {
+    /// The answer: 503 with a code naming the cause.
+    pub fn error(&self) -> ApiError {
+        let unavailable = |code, message: String| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
+        };
+        match self {
+            Refusal::GroupUnread => unavailable(
+                "owner_unknown",
+                "the group's members have not been read yet".into(),
+            ),
+            Refusal::NoOwner(p) => unavailable(
+                "owner_unknown",
+                format!("partition {p} has no owner in the group now (a rebalance is under way)"),
+            ),
+            Refusal::Moved(p) => unavailable(
+                "owner_unknown",
+                format!(
+                    "partition {p} moved away from the member the read was forwarded to; retry"
+                ),
+            ),
+            // Not a passing state: no Retry-After.
+            Refusal::NotShared(p) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "owner_not_shared",
+                format!(
+                    "partition {p} is owned by a member on another database that advertises no \
+                     URL; give every member --advertise-url, or one shared --db"
+                ),
+            ),
+        }
+    }
+}
+
+/// The partition of `key`, once the group's partition count is known.
+pub fn partition_of(table: &Table, key: &str) -> Result<i32, Refusal> {
+    let n = table.partitions.ok_or(Refusal::GroupUnread)?;
+    Ok(tally_pipeline::partition::partition_for(key.as_bytes(), n))
+}
+
+/// Where a read of `partition` is answered by the member `me`, which owns `owned` now, given
+/// the group as last read; `forwarded` when another member sent the read here.
+pub fn decide(
+    me: &Member,
+    owned: &BTreeSet<i32>,
+    table: &Table,
+    partition: i32,
+    forwarded: bool,
+) -> Route {
+    if owned.contains(&partition) {
+        return Route::Owner;
+    }
+    if table.partitions.is_none() {
+        return Route::Refuse(Refusal::GroupUnread);
+    }
+    match table.owners.get(&partition) {
+        Some(owner) if me.shares_database_with(owner) => Route::Shared,
+        Some(_) if forwarded => Route::Refuse(Refusal::Moved(partition)),
+        Some(owner) => match &owner.url {
+            Some(url) => Route::Forward(url.clone()),
+            None => Route::Refuse(Refusal::NotShared(partition)),
+        },
+        None if me.url.is_none() && table.members.iter().all(|m| me.shares_database_with(m)) => {
+            Route::Shared
+        }
+        None => Route::Refuse(Refusal::NoOwner(partition)),
+    }
+}
+
+/// How a read over every partition is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// This database holds every partition: read all of it.
+    Everything,
+    /// This database answers for `local` (perhaps none); each of `remote` answers for the
+    /// partitions it owns.
+    Gather {
+        local: BTreeSet<i32>,
+        remote: BTreeSet<String>,
+    },
+}
+
+/// [`decide`] for every partition of the topic. A forwarded read answers for the partitions
+/// this member owns (the member gathering checks that the answers cover each partition once).
+pub fn plan(
+    me: &Member,
+    owned: &BTreeSet<i32>,
+    table: &Table,
+    forwarded: bool,
+) -> Result<Plan, Refusal> {
+    if forwarded {
+        return Ok(Plan::Gather {
+            local: owned.clone(),
+            remote: BTreeSet::new(),
+        });
+    }
+    let n = table.partitions.ok_or(Refusal::GroupUnread)?;
+    let (mut local, mut remote) = (BTreeSet::new(), BTreeSet::new());
+    for p in 0..n {
+        match decide(me, owned, table, p, false) {
+            Route::Owner | Route::Shared => {
+                local.insert(p);
+            }
+            Route::Forward(url) => {
+                remote.insert(url);
+            }
+            Route::Refuse(why) => return Err(why),
+        }
+    }
+    Ok(if remote.is_empty() {
+        Plan::Everything
+    } else {
+        Plan::Gather { local, remote }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn m(db: &str, url: Option<&str>) -> Member {
+        Member {
+            db: Some(db.into()),
+            url: url.map(str::to_owned),
+        }
+    }
+
+    /// A group of `members` over 4 partitions, `owners[p]` an index into `members`.
+    fn table(members: &[Member], owners: &[(i32, usize)]) -> Table {
+        Table {
+            owners: owners
+                .iter()
+                .map(|(p, i)| (*p, members[*i].clone()))
+                .collect::<BTreeMap<_, _>>(),
+            members: members.to_vec(),
+            partitions: Some(4),
+            mixed: None,
+        }
+    }
+
+    fn owned(ps: &[i32]) -> BTreeSet<i32> {
+        ps.iter().copied().collect()
+    }
+
+    #[test]
+    fn the_owner_answers_from_its_database() {
+        let me = m("a", None);
+        let t = table(&[me.clone(), m("b", None)], &[(0, 1)]);
+        // Owned by the consumer now, even when the group as last read says otherwise.
+        assert_eq!(decide(&me, &owned(&[0]), &t, 0, false), Route::Owner);
+        assert_eq!(decide(&me, &owned(&[0]), &t, 0, true), Route::Owner);
+        // Before the group is read: only owned partitions.
+        let unread = Table::default();
+        assert_eq!(decide(&me, &owned(&[1]), &unread, 1, false), Route::Owner);
+        assert_eq!(
+            decide(&me, &owned(&[1]), &unread, 2, false),
+            Route::Refuse(Refusal::GroupUnread)
+        );
+    }
+
+    #[test]
+    fn a_member_on_the_owners_database_answers_from_it() {
+        // One shared file, with or without URLs.
+        for url in [None, Some("http://a")] {
+            let me = m("x", url);
+            let t = table(&[me.clone(), m("x", None)], &[(0, 0), (1, 1)]);
+            assert_eq!(decide(&me, &owned(&[]), &t, 1, false), Route::Shared);
+            assert_eq!(decide(&me, &owned(&[]), &t, 1, true), Route::Shared);
+            // The group says this member owns it before its consumer does: the same database.
+            assert_eq!(decide(&me, &owned(&[]), &t, 0, false), Route::Shared);
+        }
+    }
+
+    #[test]
+    fn an_owner_on_another_database_is_asked_when_it_has_a_url() {
+        let me = m("a", None);
+        let t = table(&[me.clone(), m("b", Some("http://b"))], &[(2, 1)]);
+        assert_eq!(
+            decide(&me, &owned(&[]), &t, 2, false),
+            Route::Forward("http://b".into())
+        );
+        // Never forwarded twice: a forwarded read here was sent to the wrong member.
+        assert_eq!(
+            decide(&me, &owned(&[]), &t, 2, true),
+            Route::Refuse(Refusal::Moved(2))
+        );
+        // An older member announces a URL and no database: asked.
+        let old = Member {
+            db: None,
+            url: Some("http://old".into()),
+        };
+        let t = table(&[me.clone(), old], &[(2, 1)]);
+        assert_eq!(
+            decide(&me, &owned(&[]), &t, 2, false),
+            Route::Forward("http://old".into())
+        );
+    }
+
+    #[test]
+    fn an_owner_on_another_database_without_url_is_refused() {
+        // The issue's misconfiguration: a database each, no URLs.
+        let me = m("a", None);
+        let t = table(&[me.clone(), m("b", None)], &[(3, 1)]);
+        let r = decide(&me, &owned(&[]), &t, 3, false);
+        assert_eq!(r, Route::Refuse(Refusal::NotShared(3)));
+        let e = Refusal::NotShared(3).error();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, "owner_not_shared");
+        assert!(e.message.contains("partition 3") && e.message.contains("--advertise-url"));
+        // The same from a member that has a URL; and an older member without either.
+        let me = m("a", Some("http://a"));
+        let t = table(&[me.clone(), m("b", None)], &[(3, 1)]);
+        assert_eq!(
+            decide(&me, &owned(&[]), &t, 3, false),
+            Route::Refuse(Refusal::NotShared(3))
+        );
+        let t = table(&[me.clone(), Member::default()], &[(3, 1)]);
+        assert_eq!(
+            decide(&me, &owned(&[]), &t, 3, false),
+            Route::Refuse(Refusal::NotShared(3))
+        );
+    }
+
+    #[test]
+    fn a_partition_without_owner_keeps_each_modes_behaviour() {
+        // One shared file, no URL: answered from it, as before.
+        let me = m("x", None);
+        let t = table(&[me.clone(), m("x", None)], &[]);
+        assert_eq!(decide(&me, &owned(&[]), &t, 1, false), Route::Shared);
+        // A member alone before it joins: the group is empty.
+        assert_eq!(
+            decide(&me, &owned(&[]), &table(&[], &[]), 1, false),
+            Route::Shared
+        );
+        // A URL: refused for a retry, as before.
+        let me = m("a", Some("http://a"));
+        let t = table(&[me.clone(), m("b", Some("http://b"))], &[]);
+        assert_eq!(
+            decide(&me, &owned(&[]), &t, 1, false),
+            Route::Refuse(Refusal::NoOwner(1))
+        );
+        // A mixed group: this database is not known to hold it.
+        let me = m("a", None);
+        let t = table(&[me.clone(), m("b", None)], &[]);
+        assert_eq!(
+            decide(&me, &owned(&[]), &t, 1, false),
+            Route::Refuse(Refusal::NoOwner(1))
+        );
+        assert_eq!(Refusal::NoOwner(1).error().code, "owner_unknown");
+    }
+
+    #[test]
+    fn a_read_over_every_partition_follows_the_same_rule() {
+        let (a, b, c) = (m("a", None), m("x", None), m("c", Some("http://c")));
+        let me = m("x", None);
+        // Owned, shared and forwarded partitions.
+        let t = table(
+            &[me.clone(), b, c.clone()],
+            &[(0, 0), (1, 1), (2, 2), (3, 2)],
+        );
+        assert_eq!(
+            plan(&me, &owned(&[0]), &t, false),
+            Ok(Plan::Gather {
+                local: owned(&[0, 1]),
+                remote: ["http://c".to_owned()].into()
+            })
+        );
+        // All on this database: the whole of it.
+        let t = table(
+            &[me.clone(), m("x", None)],
+            &[(0, 0), (1, 1), (2, 1), (3, 1)],
+        );
+        assert_eq!(plan(&me, &owned(&[0]), &t, false), Ok(Plan::Everything));
+        // One partition on a database without URL: the whole read is refused.
+        let t = table(&[me.clone(), a, c], &[(0, 0), (1, 1), (2, 2), (3, 2)]);
+        assert_eq!(
+            plan(&me, &owned(&[0]), &t, false),
+            Err(Refusal::NotShared(1))
+        );
+        assert_eq!(
+            plan(&me, &owned(&[]), &Table::default(), false),
+            Err(Refusal::GroupUnread)
+        );
+        // Forwarded: the partitions owned here, whatever the group says.
+        assert_eq!(
+            plan(&me, &owned(&[2]), &Table::default(), true),
+            Ok(Plan::Gather {
+                local: owned(&[2]),
+                remote: BTreeSet::new()
+            })
+        );
+    }
+}
+
+/// Every read path of the API asks [`decide`] or [`plan`]: shown on a group whose owner of
+/// every partition is on another database without a URL, then on one shared database.
+#[cfg(test)]
+mod paths {
+    use std::time::Duration;
+
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use tally_pipeline::store::Store;
+
+    use crate::api::{routes, Api, Forward, Limits, Reader};
+    use crate::peers::{mixed, Member, Peers, Table};
+    use crate::progress::{self, ProgressTx};
+
+    fn member(db: &str) -> Member {
+        Member {
+            db: Some(db.into()),
+            url: None,
+        }
+    }
+
+    /// A member on database `a` holding key `k` = 7, in a group where `owner` owns every one
+    /// of 4 partitions.
+    fn api(owner: Member) -> (Api, ProgressTx) {
+        let mut s = Store::in_memory("t").unwrap();
+        let mut b = crate::test_support::batch_of(&[("k", 7)]);
+        b.fold(1, None, Some(b"\x07junk"), |_| {
+            Ok::<_, std::convert::Infallible>(0)
+        })
+        .unwrap();
+        s.apply([(2, &b)]).unwrap();
+        let me = member("a");
+        let members = vec![me.clone(), owner.clone()];
+        let table = Table {
+            owners: (0..4).map(|p| (p, owner.clone())).collect(),
+            mixed: mixed(&me, &members),
+            members,
+            partitions: Some(4),
+        };
+        let forward = Forward::new(me, Peers::fixed(table)).unwrap();
+        let (tx, rx) = progress::channel();
+        let limits = Limits {
+            max_wait: Duration::from_millis(300),
+            ready_max_lag: 10,
+        };
+        let metrics = PrometheusBuilder::new().build_recorder().handle();
+        let api = Api::new(Reader::new(s), rx, metrics, limits).forwarding(Some(forward));
+        (api, tx)
+    }
+
+    async fn get(api: &Api, path: &str) -> (u16, serde_json::Value) {
+        let r = warp::test::request()
+            .path(path)
+            .reply(&routes(api.clone()))
+            .await;
+        let v = serde_json::from_slice(r.body()).unwrap_or(serde_json::Value::Null);
+        (r.status().as_u16(), v)
+    }
+
+    const READS: [&str; 5] = [
+        "/sums/k",
+        "/sums/k?min_offset=2:0",
+        "/sums",
+        "/top",
+        "/rejected",
+    ];
+
+    #[tokio::test]
+    async fn no_read_path_answers_from_a_database_without_the_partition() {
+        let (api, tx) = api(member("b"));
+        for path in READS {
+            let (s, v) = get(&api, path).await;
+            assert_eq!(
+                (s, v["error"]["code"].as_str()),
+                (503, Some("owner_not_shared")),
+                "{path}: {v}"
+            );
+        }
+        // The member still serves what it owns, and stays ready, saying why reads are refused.
+        tx.send_modify(|p| {
+            p.joined = true;
+            p.owned.extend(0..4);
+            p.log_end.extend((0..4).map(|p| (p, 0)));
+        });
+        for path in READS {
+            assert_eq!(get(&api, path).await.0, 200, "{path}");
+        }
+        let (s, v) = get(&api, "/readyz").await;
+        assert_eq!(s, 200, "{v}");
+        let why = v["mixed_databases"].as_str().unwrap();
+        assert!(why.contains("--advertise-url"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_member_on_the_owners_database_answers_every_read() {
+        let (api, tx) = api(member("a"));
+        for path in READS {
+            let (s, v) = get(&api, path).await;
+            assert_eq!(s, 200, "{path}: {v}");
+        }
+        assert_eq!(get(&api, "/sums/k").await.1["sum"], 7);
+        tx.send_modify(|p| {
+            p.joined = true;
+            p.log_end.insert(2, 0);
+            p.owned.insert(2);
+        });
+        let (s, v) = get(&api, "/readyz").await;
+        assert_eq!((s, v.get("mixed_databases")), (200, None), "{v}");
+    }
+}
