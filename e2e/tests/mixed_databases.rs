@@ -22,30 +22,12 @@ use std::time::Duration;
 
 use common::members::{assert_exact_through, start_load, Acked};
 use common::reads::{every_key_through_every_member, watch, Seen};
-use common::{Pipeline, Service};
+use common::{owned_partitions, Pipeline, Service};
 use serde_json::Value;
 use tally_testkit::client::http;
 use tally_testkit::wait_for;
 
 const PARTITIONS: i32 = 6;
-
-/// Partitions a member owns now, as its `/offsets` says.
-fn owned(base: &str) -> Option<Vec<i32>> {
-    let v: Value = http()
-        .get(format!("{base}/offsets"))
-        .send()
-        .ok()?
-        .json()
-        .ok()?;
-    Some(
-        v["partitions"]
-            .as_array()?
-            .iter()
-            .filter(|p| p["owned"] == true)
-            .filter_map(|p| p["partition"].as_i64().map(|p| p as i32))
-            .collect(),
-    )
-}
 
 /// Waits until `members` own every partition between them, each once: the group has settled
 /// (a killed member's session expired, the joined one has its share).
@@ -53,7 +35,7 @@ fn wait_settled(members: &[&Service]) {
     wait_for("the group to settle", Duration::from_secs(120), || {
         let mut all = Vec::new();
         for m in members {
-            let o = owned(&m.base)?;
+            let o = owned_partitions(&m.base);
             if o.is_empty() {
                 return None;
             }
