@@ -362,10 +362,7 @@ pub fn run(
     if let Err(why) = tally_pipeline::topic::check_id(&config.kafka, &mut store)? {
         return refuse(why, &progress, &stop);
     }
-    let me = crate::peers::Member {
-        db: Some(store.database_id()?),
-        url: config.advertise_url.clone(),
-    };
+    let me = crate::peers::Member::this(store.database_id()?, config.advertise_url.clone());
     let ctx = Ctx {
         topic: topic.clone(),
         applier: Mutex::new(Applier::new(store)),

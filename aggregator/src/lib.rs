@@ -48,10 +48,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let stop = CancellationToken::new();
     let metrics = instruments::install();
     let (progress_tx, progress_rx) = progress::channel();
-    let me = peers::Member {
-        db: Some(reader.database_id()?),
-        url: config.advertise_url.clone(),
-    };
+    let me = peers::Member::this(reader.database_id()?, config.advertise_url.clone());
     tracing::info!(database = me.db.as_deref(), "database identity");
     let peers = peers::Peers::watch(&config.kafka, &config.group, me.clone(), stop.clone())?;
     let forward = Some(api::Forward::new(me, peers)?);

@@ -6,7 +6,8 @@
 //! (DescribeGroups) every [`REFRESH`]; the read path decides from that where a key's partition
 //! is answered ([`crate::read_route`]).
 //!
-//! The announcement is `tally-aggregator/2 db=ID` with ` url=URL` after it when there is one.
+//! The announcement is `tally-aggregator/2 db=ID run=TOKEN` with ` url=URL` after it when there
+//! is one (the run token tells a member itself among members on its database).
 //! Members of older versions announced `tally-aggregator URL` (a URL, no database) or nothing
 //! (the default client id): both are still read, as a member whose database is unknown.
 //!
@@ -36,25 +37,55 @@ const CLIENT_ID_PREFIX: &str = "tally-aggregator/2 ";
 /// Prefix of the `client.id` of older aggregators, before their URL.
 const CLIENT_ID_PREFIX_V1: &str = "tally-aggregator ";
 
-/// What a member announces of itself: the identity of the database it commits to, and the
-/// URL of its HTTP API. Either is `None` when the member did not say (no `--advertise-url`; an
-/// older version that announces no database).
+/// What a member announces of itself: the identity of the database it commits to, the URL of
+/// its HTTP API, and a token drawn once per process (`run`), by which a member finds itself in
+/// the group. Each is `None` when the member did not say (no `--advertise-url`; an older
+/// version).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Member {
     pub db: Option<String>,
     pub url: Option<String>,
+    pub run: Option<String>,
 }
 
 impl Member {
+    /// This process, committing to database `db`, reached at `url`.
+    pub fn this(db: String, url: Option<String>) -> Member {
+        Member {
+            db: Some(db),
+            url,
+            run: Some(run_token().to_owned()),
+        }
+    }
+
+    /// Whether `other` is this very process (same run token).
+    pub fn is(&self, other: &Member) -> bool {
+        self.run.is_some() && self.run == other.run
+    }
+
     /// Whether `self` and `other` commit to one database: both said which, and it is the same.
     pub fn shares_database_with(&self, other: &Member) -> bool {
         self.db.is_some() && self.db == other.db
     }
 }
 
+/// This process's run token: 64 random bits (std's per-process random hash keys), drawn once.
+fn run_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        format!("{:016x}", h.finish())
+    })
+}
+
 /// The `client.id` that announces `me` to the other members.
 pub fn client_id(me: &Member) -> String {
     let mut id = format!("{CLIENT_ID_PREFIX}db={}", me.db.as_deref().unwrap_or("-"));
+    if let Some(run) = &me.run {
+        id.push_str(&format!(" run={run}"));
+    }
     if let Some(url) = &me.url {
         id.push_str(&format!(" url={url}"));
     }
@@ -68,6 +99,8 @@ fn announced(client_id: &str) -> Member {
         for field in rest.split(' ') {
             if let Some(db) = field.strip_prefix("db=").filter(|d| *d != "-") {
                 m.db = Some(db.to_owned());
+            } else if let Some(run) = field.strip_prefix("run=") {
+                m.run = Some(run.to_owned());
             } else if let Some(url) = field.strip_prefix("url=") {
                 m.url = Some(url.to_owned());
             }
@@ -75,10 +108,10 @@ fn announced(client_id: &str) -> Member {
         return m;
     }
     Member {
-        db: None,
         url: client_id
             .strip_prefix(CLIENT_ID_PREFIX_V1)
             .map(str::to_owned),
+        ..Member::default()
     }
 }
 
@@ -256,17 +289,17 @@ mod tests {
 
     #[test]
     fn the_database_and_url_ride_in_the_client_id() {
-        let both = Member {
-            db: Some("ab12".into()),
-            url: Some("http://10.0.0.2:8081".into()),
-        };
+        let both = Member::this("ab12".into(), Some("http://10.0.0.2:8081".into()));
         assert_eq!(announced(&client_id(&both)), both);
-        let db_only = Member {
-            db: Some("ab12".into()),
-            url: None,
-        };
-        assert_eq!(client_id(&db_only), "tally-aggregator/2 db=ab12");
+        let db_only = Member::this("ab12".into(), None);
+        let token = db_only.run.clone().unwrap();
+        assert_eq!(token.len(), 16);
+        assert_eq!(
+            client_id(&db_only),
+            format!("tally-aggregator/2 db=ab12 run={token}")
+        );
         assert_eq!(announced(&client_id(&db_only)), db_only);
+        assert!(db_only.is(&both), "one process, one token");
         // Older members: a URL and no database, or nothing at all.
         let old = announced("tally-aggregator http://10.0.0.2:8081");
         assert_eq!(
@@ -280,6 +313,7 @@ mod tests {
         Member {
             db: db.map(str::to_owned),
             url: url.map(str::to_owned),
+            run: None,
         }
     }
 

@@ -108,16 +108,21 @@ pub fn decide(
     if table.partitions.is_none() {
         return Route::Refuse(Refusal::GroupUnread);
     }
+    // One shared file: every member of the group commits to this database.
+    let all_here = || table.members.iter().all(|m| me.shares_database_with(m));
     match table.owners.get(&partition) {
+        // The group names this process, its consumer does not own it (not yet, or no longer:
+        // the group's view is up to a refresh old); its database holds the partition only
+        // when every member's does.
+        Some(owner) if me.is(owner) && all_here() => Route::Shared,
+        Some(owner) if me.is(owner) => Route::Refuse(Refusal::NoOwner(partition)),
         Some(owner) if me.shares_database_with(owner) => Route::Shared,
         Some(_) if forwarded => Route::Refuse(Refusal::Moved(partition)),
         Some(owner) => match &owner.url {
             Some(url) => Route::Forward(url.clone()),
             None => Route::Refuse(Refusal::NotShared(partition)),
         },
-        None if me.url.is_none() && table.members.iter().all(|m| me.shares_database_with(m)) => {
-            Route::Shared
-        }
+        None if me.url.is_none() && all_here() => Route::Shared,
         None => Route::Refuse(Refusal::NoOwner(partition)),
     }
 }
@@ -178,6 +183,7 @@ mod tests {
         Member {
             db: Some(db.into()),
             url: url.map(str::to_owned),
+            run: Some(format!("{db}-{url:?}")),
         }
     }
 
@@ -219,12 +225,24 @@ mod tests {
         // One shared file, with or without URLs.
         for url in [None, Some("http://a")] {
             let me = m("x", url);
-            let t = table(&[me.clone(), m("x", None)], &[(0, 0), (1, 1)]);
+            let other = Member {
+                run: Some("other".into()),
+                ..m("x", None)
+            };
+            let t = table(&[me.clone(), other], &[(0, 0), (1, 1)]);
             assert_eq!(decide(&me, &owned(&[]), &t, 1, false), Route::Shared);
             assert_eq!(decide(&me, &owned(&[]), &t, 1, true), Route::Shared);
             // The group says this member owns it before its consumer does: the same database.
             assert_eq!(decide(&me, &owned(&[]), &t, 0, false), Route::Shared);
         }
+        // A database each: the group still names this member for a partition its consumer
+        // gave up (the view is a refresh old): its database may be behind, so refused.
+        let me = m("a", None);
+        let t = table(&[me.clone(), m("b", Some("http://b"))], &[(0, 0)]);
+        assert_eq!(
+            decide(&me, &owned(&[]), &t, 0, false),
+            Route::Refuse(Refusal::NoOwner(0))
+        );
     }
 
     #[test]
@@ -242,8 +260,8 @@ mod tests {
         );
         // An older member announces a URL and no database: asked.
         let old = Member {
-            db: None,
             url: Some("http://old".into()),
+            ..Member::default()
         };
         let t = table(&[me.clone(), old], &[(2, 1)]);
         assert_eq!(
@@ -307,7 +325,11 @@ mod tests {
 
     #[test]
     fn a_read_over_every_partition_follows_the_same_rule() {
-        let (a, b, c) = (m("a", None), m("x", None), m("c", Some("http://c")));
+        let (a, c) = (m("a", None), m("c", Some("http://c")));
+        let b = Member {
+            run: Some("b".into()),
+            ..m("x", None)
+        };
         let me = m("x", None);
         // Owned, shared and forwarded partitions.
         let t = table(
@@ -365,6 +387,7 @@ mod paths {
         Member {
             db: Some(db.into()),
             url: None,
+            run: Some(format!("run-{db}")),
         }
     }
 
@@ -378,7 +401,10 @@ mod paths {
         })
         .unwrap();
         s.apply([(2, &b)]).unwrap();
-        let me = member("a");
+        let me = Member {
+            run: Some("me".into()),
+            ..member("a")
+        };
         let members = vec![me.clone(), owner.clone()];
         let table = Table {
             owners: (0..4).map(|p| (p, owner.clone())).collect(),
