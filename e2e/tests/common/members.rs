@@ -79,6 +79,14 @@ fn load(ingest: &str, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, client: S
         let key = format!("{client}-{slot}-{generation}");
         let idem = format!("{client}-{n}");
         let value = ledger::value(j);
+        // Marked sent before it is: a read may see it folded before it is acknowledged.
+        acked
+            .lock()
+            .unwrap()
+            .ledgers
+            .entry(key.clone())
+            .or_default()
+            .sending(j);
         let deadline = Instant::now() + Duration::from_secs(60);
         let answer: Value = loop {
             let r = c

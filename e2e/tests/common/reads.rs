@@ -132,11 +132,15 @@ pub fn watch(members: &[&str], acked: &Arc<Mutex<Acked>>) -> Watch {
             let pick = {
                 let a = acked.lock().unwrap();
                 let n = a.ledgers.len();
-                (n > 0).then(|| {
-                    let (key, l) = a.ledgers.iter().nth(i % n).unwrap();
-                    let token = format!("{}:{}", a.partition_of[key], a.last_offset[key]);
-                    (key.clone(), *l, token)
-                })
+                (n > 0)
+                    .then(|| {
+                        let (key, l) = a.ledgers.iter().nth(i % n).unwrap();
+                        // A key whose first request is not acknowledged yet has no token.
+                        let token =
+                            format!("{}:{}", a.partition_of.get(key)?, a.last_offset.get(key)?);
+                        Some((key.clone(), *l, token))
+                    })
+                    .flatten()
             };
             i = i.wrapping_add(7);
             let Some((key, before, token)) = pick else {
