@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::members::{assert_exact_through, start_load, Acked};
-use common::reads::{every_key_through_every_member, watch, Seen};
+use common::reads::{every_key_through_every_member, watch, Seen, Watch};
 use common::{owned_partitions, Pipeline, Service};
 use serde_json::Value;
 use tally_testkit::client::http;
@@ -117,6 +117,24 @@ fn assert_says_mixed(member: &Service, starts: usize) {
     );
 }
 
+/// Load through `ingest` for a few seconds with reads through `members` checked all along;
+/// `fault` strikes after two seconds (and may add a member to the reads). What the reads saw.
+fn under_load(
+    ingest: &str,
+    acked: &Arc<Mutex<Acked>>,
+    members: &[&str],
+    phase: &str,
+    fault: impl FnOnce(&Watch),
+) -> Seen {
+    let reads = watch(members, acked);
+    let l = start_load(ingest, acked, phase);
+    std::thread::sleep(Duration::from_secs(2));
+    fault(&reads);
+    std::thread::sleep(Duration::from_secs(4));
+    l.finish();
+    reads.finish()
+}
+
 #[test]
 fn members_on_databases_of_their_own_without_urls_never_answer_a_wrong_sum() {
     let p = Pipeline::new(PARTITIONS);
@@ -126,16 +144,21 @@ fn members_on_databases_of_their_own_without_urls_never_answer_a_wrong_sum() {
     let acked = Arc::new(Mutex::new(Acked::default()));
 
     // b is killed and restarted at once under load; c joins with an empty database.
-    let reads = watch(&[&a.base, &b.base], &acked);
-    let l = start_load(&ingest.base, &acked, "restart");
-    std::thread::sleep(Duration::from_secs(3));
-    b.proc.kill();
-    b.restart();
-    let c = p.unshared("c");
-    reads.add(&c.base);
-    std::thread::sleep(Duration::from_secs(4));
-    l.finish();
-    let during = reads.finish();
+    let mut c = None;
+    let during = under_load(
+        &ingest.base,
+        &acked,
+        &[&a.base, &b.base],
+        "restart",
+        |reads| {
+            b.proc.kill();
+            b.restart();
+            let joined = p.unshared("c");
+            reads.add(&joined.base);
+            c = Some(joined);
+        },
+    );
+    let c = c.unwrap();
     assert_no_wrong_answer("kill, restart and join, during the load", &during);
     wait_settled(&[&a, &b, &c]);
     {
@@ -160,13 +183,9 @@ fn members_on_databases_of_their_own_without_urls_never_answer_a_wrong_sum() {
 
     // a is killed for good under load (the sequence): b and c take its partitions
     // over, each from what its own database holds of them.
-    let reads = watch(&[&b.base, &c.base], &acked);
-    let l = start_load(&ingest.base, &acked, "gone");
-    std::thread::sleep(Duration::from_secs(2));
-    a.proc.kill();
-    std::thread::sleep(Duration::from_secs(4));
-    l.finish();
-    let during = reads.finish();
+    let during = under_load(&ingest.base, &acked, &[&b.base, &c.base], "gone", |_| {
+        a.proc.kill()
+    });
     assert_no_wrong_answer("a killed for good, during the load", &during);
     wait_settled(&[&b, &c]);
     let acked = acked.lock().unwrap();
@@ -201,16 +220,21 @@ fn members_on_one_shared_database_answer_every_key_exactly() {
     let mut b = p.aggregator(&[]);
     let acked = Arc::new(Mutex::new(Acked::default()));
 
-    let reads = watch(&[&a.base, &b.base], &acked);
-    let l = start_load(&ingest.base, &acked, "restart");
-    std::thread::sleep(Duration::from_secs(3));
-    b.proc.kill();
-    b.restart();
-    let c = p.aggregator(&[]);
-    reads.add(&c.base);
-    std::thread::sleep(Duration::from_secs(4));
-    l.finish();
-    let during = reads.finish();
+    let mut c = None;
+    let during = under_load(
+        &ingest.base,
+        &acked,
+        &[&a.base, &b.base],
+        "restart",
+        |reads| {
+            b.proc.kill();
+            b.restart();
+            let joined = p.aggregator(&[]);
+            reads.add(&joined.base);
+            c = Some(joined);
+        },
+    );
+    let c = c.unwrap();
     assert_no_wrong_answer("shared: kill, restart and join, during the load", &during);
     assert_eq!(during.refused, 0, "nothing refused on one shared database");
     wait_settled(&[&a, &b, &c]);
@@ -232,13 +256,9 @@ fn members_on_one_shared_database_answer_every_key_exactly() {
         }
     }
 
-    let reads = watch(&[&b.base, &c.base], &acked);
-    let l = start_load(&ingest.base, &acked, "gone");
-    std::thread::sleep(Duration::from_secs(2));
-    a.proc.kill();
-    std::thread::sleep(Duration::from_secs(4));
-    l.finish();
-    let during = reads.finish();
+    let during = under_load(&ingest.base, &acked, &[&b.base, &c.base], "gone", |_| {
+        a.proc.kill()
+    });
     assert_no_wrong_answer("shared: a killed for good, during the load", &during);
     wait_settled(&[&b, &c]);
     let acked = acked.lock().unwrap();
