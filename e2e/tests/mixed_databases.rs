@@ -145,10 +145,11 @@ fn members_on_databases_of_their_own_without_urls_never_answer_a_wrong_sum() {
 
     // b is killed and restarted at once under load; c joins with an empty database.
     let mut c = None;
+    let first = [a.base.clone(), b.base.clone()];
     let during = under_load(
         &ingest.base,
         &acked,
-        &[&a.base, &b.base],
+        &[&first[0], &first[1]],
         "restart",
         |reads| {
             b.proc.kill();
@@ -221,10 +222,11 @@ fn members_on_one_shared_database_answer_every_key_exactly() {
     let acked = Arc::new(Mutex::new(Acked::default()));
 
     let mut c = None;
+    let first = [a.base.clone(), b.base.clone()];
     let during = under_load(
         &ingest.base,
         &acked,
-        &[&a.base, &b.base],
+        &[&first[0], &first[1]],
         "restart",
         |reads| {
             b.proc.kill();
