@@ -10,9 +10,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::members::{assert_exact_through, check, check_listing, start_load, wait_split, Acked};
 use common::{owned_partitions, Pipeline, Service};
