@@ -39,6 +39,7 @@ error_codes! {
         TopicRecreated = "topic_recreated",
         OwnerUnknown = "owner_unknown",
         OwnerUnreachable = "owner_unreachable",
+        OwnerNotShared = "owner_not_shared",
     }
 }
 

@@ -85,7 +85,11 @@ pub(super) async fn get_sum(read: SumRead, q: SumQuery, api: Api) -> Result<Resp
             ))
         }
     };
-    if let Some(url) = api.forward.as_ref().and_then(|f| f.url.parse().ok()) {
+    if let Some(url) = api
+        .forward
+        .as_ref()
+        .and_then(|f| f.me.url.as_ref()?.parse().ok())
+    {
         reply.headers_mut().insert(SERVED_BY, url);
     }
     Ok(reply)
