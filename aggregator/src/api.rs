@@ -6,10 +6,11 @@
 //! handlers share. The filters are in [`routes`]; the handlers each in the module of its path
 //! ([`sums`], [`listing`], [`offsets`], [`rejected`], [`top`], [`probes`]).
 //!
-//! With a database per aggregator ([`Forward`]), `GET /sums/{key}` is answered by the owner of
-//! the key's partition: another member forwards it there ([`forward`]; the owner is read from
-//! the group, [`crate::peers`]), query and all, so read-your-writes tokens work through any
-//! member; the reads over many keys are gathered from every owner ([`gather`]).
+//! Every read is answered only from a database that holds the key's partition, as
+//! [`crate::read_route`] decides from the group ([`crate::peers`]): here, or forwarded to the
+//! owner on another database ([`forward`]; query and all, so read-your-writes tokens work
+//! through any member), or refused with 503; the reads over many keys are gathered from every
+//! owner ([`gather`]).
 
 use crate::contract::Code;
 use std::sync::{Arc, Mutex};
@@ -98,7 +99,8 @@ impl Api {
         }
     }
 
-    /// Answers reads of keys other members own by forwarding them (`None`: all locally).
+    /// Decides where reads are answered from the group ([`crate::read_route`]); `None`
+    /// (tests): all locally.
     pub fn forwarding(mut self, forward: Option<Forward>) -> Self {
         self.forward = forward;
         self

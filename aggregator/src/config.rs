@@ -24,14 +24,17 @@ pub struct Config {
     #[arg(long, env = "TALLY_GROUP", default_value = "tally-aggregator")]
     pub group: String,
     /// SQLite database holding sums and offsets: one file shared by the aggregators of a group
-    /// on one host, or one per aggregator (then give each an `--advertise-url`).
+    /// on one host, or one per aggregator (then give each an `--advertise-url`: a member on a
+    /// database of its own without one has its partitions' reads refused elsewhere,
+    /// `owner_not_shared`).
     #[arg(long, env = "TALLY_DB", default_value = "tally.db")]
     pub db: PathBuf,
     /// The URL at which the other aggregators of the group reach this one's HTTP API (for
     /// example `http://10.0.0.2:8081`). Given, it is advertised through the group (in the
     /// Kafka client id), and a read of a key whose partition another member owns is forwarded
-    /// to that member: needed when each aggregator has a database of its own. Not given, every
-    /// read is answered from the local database (one shared file).
+    /// to that member: needed when each aggregator has a database of its own. Not given, a read
+    /// is answered from the local database when it is the owner's (one shared file), forwarded
+    /// to an owner that advertises a URL, and refused otherwise.
     #[arg(long, env = "TALLY_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
     /// Also follow, outside the group and at low priority, every partition this member does

@@ -395,6 +395,7 @@ fn join(
     claims: Claims,
 ) -> anyhow::Result<BaseConsumer<Ctx>> {
     let topic = config.kafka.topic.clone();
+    let me = crate::peers::Member::this(store.database_id()?, config.advertise_url.clone());
     let ctx = Ctx {
         topic: topic.clone(),
         applier: Mutex::new(Applier::new(store)),
@@ -407,7 +408,7 @@ fn join(
     let member = Member {
         group: &config.group,
         session_timeout: config.session_timeout(),
-        client_id: config.advertise_url.as_deref().map(crate::peers::client_id),
+        client_id: Some(crate::peers::client_id(&me)),
         statistics_interval: Some(STATS_INTERVAL),
         fetch: config.fetch(),
     };

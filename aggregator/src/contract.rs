@@ -4,9 +4,8 @@
 //! request outside [`ROUTES`] gets 404, or 405 with `Allow`.
 
 use tally_http::{error_codes, Route};
-use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Rejection};
 
 /// Every operation the aggregator serves.
 pub const ROUTES: &[Route] = &[
@@ -40,18 +39,13 @@ error_codes! {
         TopicRecreated = "topic_recreated",
         OwnerUnknown = "owner_unknown",
         OwnerUnreachable = "owner_unreachable",
+        OwnerNotShared = "owner_not_shared",
     }
 }
 
 /// `GET /openapi.json`.
 pub fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("openapi.json").and(warp::get()).map(|| {
-        warp::reply::with_status(
-            warp::reply::with_header(OPENAPI, "content-type", "application/json"),
-            StatusCode::OK,
-        )
-        .into_response()
-    })
+    tally_http::contract::document(OPENAPI.to_owned())
 }
 
 #[cfg(test)]
@@ -60,17 +54,9 @@ mod tests {
 
     #[test]
     fn the_document_names_every_route_and_error_code_and_nothing_else() {
-        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
-        assert_eq!(doc["openapi"].as_str().map(|v| &v[..4]), Some("3.1."));
-        let d = tally_http::contract::differences(
-            &doc,
-            ROUTES,
-            &tally_http::contract::code_names(Code::ALL),
-        );
-        assert!(
-            d.is_empty(),
-            "aggregator/openapi.json and the code differ:\n{}",
-            d.join("\n")
-        );
+        let codes = tally_http::contract::code_names(Code::ALL);
+        if let Err(d) = tally_http::contract::check_document(OPENAPI, ROUTES, &codes) {
+            panic!("aggregator/openapi.json and the code differ:\n{d}");
+        }
     }
 }

@@ -47,6 +47,9 @@ pub const SKIPPED_OFFSETS: &str = "tally_skipped_offsets_total";
 pub const STANDBY_COMMITS: &str = "tally_standby_partition_commits_total";
 /// Partitions the standby follows now.
 pub const STANDBY_PARTITIONS: &str = "tally_standby_partitions";
+/// 1 while the group is mixed: a member without a URL on another database than some other
+/// member, so reads of its partitions are refused elsewhere ([`crate::peers::mixed`]).
+pub const MIXED_DATABASES: &str = "tally_group_mixed_databases";
 
 /// Installs the process-wide recorder (once) and returns the handle that renders it. A second
 /// call (tests running several aggregators in one process) gets a detached handle.
@@ -170,6 +173,10 @@ pub fn standby_committed(r: &CommitReport) {
     for (p, _) in &r.fenced {
         counter!(STANDBY_COMMITS, "partition" => p.to_string(), "outcome" => "fenced").increment(1);
     }
+}
+
+pub fn mixed_databases(mixed: bool) {
+    gauge!(MIXED_DATABASES).set(if mixed { 1.0 } else { 0.0 });
 }
 
 pub fn standby_partitions(n: usize) {

@@ -1,10 +1,11 @@
 //! The aggregator: a consumer-group member that folds its partitions into exact per-key sums
-//! in SQLite ([`consumer`]) and serves them over HTTP ([`api`]; reads need the token of [`read_auth`] when one is set),
-//! with a status page ([`status`]);
+//! in SQLite ([`consumer`]) and serves them over HTTP ([`api`]; reads need the token of
+//! [`read_auth`] when one is set), with a status page ([`status`]);
 //! the consumer tells the API what it committed and how far behind it is through [`progress`],
 //! and records metrics named in [`instruments`]; Kafka's tools see its offsets in the consumer
-//! group ([`group_offsets`]). With a database per aggregator, [`peers`]
-//! reads from the group who owns which partition, so that any member answers any key.
+//! group ([`group_offsets`]). [`peers`] reads from the group who owns which partition and on
+//! which database, and [`read_route`] decides from it where each read is answered: only from a
+//! database that holds the key's partition.
 //!
 //! What lives here: the group membership, commit cadence and the read API. What must not:
 //! the fold, the record format or SQL that changes sums (those are `tally_pipeline`'s, shared
@@ -19,6 +20,7 @@ pub mod instruments;
 pub mod peers;
 pub mod progress;
 pub mod read_auth;
+pub mod read_route;
 pub mod standby;
 pub mod status;
 
@@ -71,14 +73,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tally_pipeline::durability::report(&config.kafka).await;
     let (progress_tx, progress_rx) = progress::channel();
     let read_token = read_auth::bearer(&config.read_token);
-    let forward = match &config.advertise_url {
-        Some(url) => Some(api::Forward::new(
-            url.clone(),
-            peers::Peers::watch(&config.kafka, &config.group, stop.clone())?,
-            read_token.as_ref(),
-        )?),
-        None => None,
-    };
+    let me = peers::Member::this(reader.database_id()?, config.advertise_url.clone());
+    tracing::info!(database = me.db.as_deref(), "database identity");
+    let peers = peers::Peers::watch(&config.kafka, &config.group, me.clone(), stop.clone())?;
+    let forward = Some(api::Forward::new(me, peers, read_token.as_ref())?);
     let api = api::Api::new(
         api::Reader::new(reader),
         progress_rx,

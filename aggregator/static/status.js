@@ -57,7 +57,18 @@ async function getJson(path) {
     throw new Error("reads need the read token");
   }
   const text = await r.text();
-  return { status: r.status, body: r.ok ? parseExact(text) : null };
+  return { status: r.status, body: r.ok ? parseExact(text) : null, why: r.ok ? "" : reason(text) };
+}
+
+// The message of the API's JSON error body (for example owner_not_shared: which partition, and
+// the fix), so that the page says why a read was refused.
+function reason(text) {
+  try {
+    const e = JSON.parse(text).error;
+    return e ? `: ${e.code}: ${e.message}` : "";
+  } catch {
+    return "";
+  }
 }
 
 function show(v) {
@@ -138,8 +149,8 @@ async function refresh() {
     const [offsets, rejected, top] = await Promise.all([
       getJson("offsets"), getJson("rejected"), getJson(`top?limit=${TOP_KEYS}`),
     ]);
-    if (offsets.status !== 200) throw new Error(`GET /offsets answered ${offsets.status}`);
-    if (top.status !== 200) throw new Error(`GET /top answered ${top.status}`);
+    if (offsets.status !== 200) throw new Error(`GET /offsets answered ${offsets.status}${offsets.why}`);
+    if (top.status !== 200) throw new Error(`GET /top answered ${top.status}${top.why}`);
     recordRate(performance.now(), renderPartitions(offsets.body));
     renderRejected(rejected);
     renderTop(top.body);

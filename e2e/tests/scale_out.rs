@@ -10,11 +10,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::members::{check, start_load, wait_split, Acked};
+use common::members::{assert_exact_through, check, check_listing, start_load, wait_split, Acked};
 use common::{owned_partitions, Pipeline, Service};
 use serde_json::Value;
 use tally_testkit::client::http;
@@ -25,49 +24,6 @@ const PARTITIONS: i32 = 6;
 fn check_member(member: &Service, acked: &Acked) -> (i64, i64, usize) {
     let r = check(&member.base, acked);
     (r.lost, r.doubled, r.forwarded)
-}
-
-/// Lists every key through `member` in pages of 7 (so pages merge several owners' rows),
-/// retrying a page while the group rebalances (503); returns (lost, doubled) against the
-/// ground truth ([`Acked::drift_of`]).
-fn check_listing(member: &Service, acked: &Acked) -> (i64, i64) {
-    let c = http();
-    let mut listed: BTreeMap<String, i64> = BTreeMap::new();
-    let mut after: Option<String> = None;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let mut q = vec![("limit", "7".to_owned())];
-        q.extend(after.clone().map(|a| ("after", a)));
-        let r = c
-            .get(format!("{}/sums", member.base))
-            .query(&q)
-            .send()
-            .unwrap();
-        let status = r.status().as_u16();
-        let body: Value = r.json().unwrap();
-        match status {
-            200 => {}
-            503 if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            }
-            _ => panic!("{}: GET /sums: {status} {body}", member.base),
-        }
-        for e in body["sums"].as_array().unwrap() {
-            let key = e["key"].as_str().unwrap().to_owned();
-            assert!(
-                listed
-                    .insert(key.clone(), e["sum"].as_i64().unwrap())
-                    .is_none(),
-                "{key} listed twice"
-            );
-        }
-        match body["next_after"].as_str() {
-            Some(a) => after = Some(a.to_owned()),
-            None => break,
-        }
-    }
-    acked.drift_of(&listed)
 }
 
 /// Posts a request twice under one idempotency key, the second time with another value: the
@@ -97,45 +53,6 @@ fn reuse_an_idempotency_key(ingest: &str, acked: &Mutex<Acked>) -> (i32, i64) {
     }
     acked.lock().unwrap().truth.add("q", 5);
     landed[1]
-}
-
-/// Every key read one by one, and the whole listing, through `member` equal the ground truth.
-fn assert_exact_through(member: &Service, acked: &Acked) {
-    let (lost, doubled, _) = check_member(member, acked);
-    assert_eq!(
-        (lost, doubled),
-        (0, 0),
-        "lost/doubled through {}",
-        member.base
-    );
-    let (lost, doubled) = check_listing(member, acked);
-    assert_eq!((lost, doubled), (0, 0), "listing through {}", member.base);
-    let mut want: Vec<(&String, &i64)> = acked.truth.sums.iter().collect();
-    want.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-    let want: Vec<(String, i64)> = want
-        .into_iter()
-        .take(5)
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
-    let top: Value = tally_testkit::wait_for("/top", Duration::from_secs(30), || {
-        let r = http()
-            .get(format!("{}/top?limit=5", member.base))
-            .send()
-            .ok()?;
-        (r.status() == 200).then(|| r.json().ok()).flatten()
-    });
-    let got: Vec<(String, i64)> = top["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| {
-            (
-                k["key"].as_str().unwrap().to_owned(),
-                k["sum"].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(got, want, "/top through {}", member.base);
 }
 
 #[test]

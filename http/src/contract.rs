@@ -99,6 +99,39 @@ pub fn listed(routes: &'static [Route]) -> impl Filter<Extract = (), Error = Rej
         .untuple_one()
 }
 
+/// `GET /openapi.json`: a service's document.
+pub fn document(
+    document: String,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    use warp::Reply as _;
+    warp::path!("openapi.json").and(warp::get()).map(move || {
+        warp::reply::with_header(document.clone(), "content-type", "application/json")
+            .into_response()
+    })
+}
+
+/// Checks a service's OpenAPI document: version 3.1 and no [`differences`] from its lists.
+pub fn check_document(
+    document: &str,
+    routes: &[Route],
+    codes: &BTreeSet<&'static str>,
+) -> Result<(), String> {
+    let doc: serde_json::Value =
+        serde_json::from_str(document).map_err(|e| format!("not JSON: {e}"))?;
+    if !doc["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.1."))
+    {
+        return Err(format!("not OpenAPI 3.1: {}", doc["openapi"]));
+    }
+    let d = differences(&doc, routes, codes);
+    if d.is_empty() {
+        Ok(())
+    } else {
+        Err(d.join("\n"))
+    }
+}
+
 /// A stable, machine-readable error code. Implemented only by the enums [`error_codes!`]
 /// declares: a handler cannot answer a code that is missing from its service's list.
 pub trait ErrorCode: Copy {

@@ -66,8 +66,11 @@ impl ApiError {
 impl warp::reject::Reject for ApiError {}
 
 #[derive(Serialize)]
-struct Body<'a> {
+struct Body<'a, T: Serialize> {
     error: Inner<'a>,
+    /// Fields beside `error` ([`ApiError::with_fields`]); `()` adds none.
+    #[serde(flatten)]
+    fields: T,
 }
 
 #[derive(Serialize)]
@@ -76,13 +79,16 @@ struct Inner<'a> {
     message: &'a str,
 }
 
-impl Reply for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The answer with `fields` (a struct or map) beside `error`, for an error that tells a
+    /// client more than its message: `{"error":{"code","message"}, ...fields}`.
+    pub fn with_fields<T: Serialize>(self, fields: T) -> Response {
         let body = Body {
             error: Inner {
                 code: self.code,
                 message: &self.message,
             },
+            fields,
         };
         let mut resp = json(self.status, &body);
         if self.status == StatusCode::UNAUTHORIZED {
@@ -99,6 +105,12 @@ impl Reply for ApiError {
             resp.headers_mut().insert(warp::http::header::ALLOW, allow);
         }
         resp
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        self.with_fields(())
     }
 }
 
@@ -193,4 +205,44 @@ pub fn access_log() -> warp::log::Log<impl Fn(warp::log::Info<'_>) + Copy> {
             tracing::debug!(%method, path, status = status.as_u16(), elapsed_ms, "request");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(r: Response) -> serde_json::Value {
+        let bytes = warp::hyper::body::to_bytes(r.into_body()).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn errors_have_one_shape_with_or_without_more_fields() {
+        let e = ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            contract::Common::InvalidQuery,
+            "too late",
+        )
+        .retry_after(1);
+        let plain = e.clone().into_response();
+        assert_eq!(plain.headers()["retry-after"], "1");
+        assert_eq!(
+            body(plain).await,
+            serde_json::json!({"error": {"code": "invalid_query", "message": "too late"}})
+        );
+        #[derive(Serialize)]
+        struct Where {
+            partition: i32,
+            next_offset: Option<i64>,
+        }
+        let more = e.with_fields(Where {
+            partition: 3,
+            next_offset: None,
+        });
+        assert_eq!(more.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            body(more).await,
+            serde_json::json!({"error": {"code": "invalid_query", "message": "too late"}, "partition": 3, "next_offset": null})
+        );
+    }
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tally_pipeline::kafka::KafkaArgs;
+use tally_pipeline::record::MAX_KEY_BYTES;
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
@@ -25,9 +26,10 @@ pub struct Config {
     #[arg(long, env = "TALLY_MAX_BATCH", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_batch: u64,
-    /// Longest counter key accepted, in bytes (the record format allows at most 256).
-    #[arg(long, env = "TALLY_MAX_KEY_BYTES", default_value_t = 256,
-          value_parser = clap::value_parser!(u64).range(1..=256))]
+    /// Longest counter key accepted, in bytes (the default is the most the record format
+    /// allows).
+    #[arg(long, env = "TALLY_MAX_KEY_BYTES", default_value_t = MAX_KEY_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_KEY_BYTES as u64))]
     pub max_key_bytes: u64,
     /// Largest request head (request line and headers) accepted, in bytes; a larger one is
     /// answered 431 and the connection closed. At least 8192.

@@ -4,9 +4,8 @@
 //! outside [`ROUTES`] gets 404, or 405 with `Allow`.
 
 use tally_http::{error_codes, Route};
-use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Rejection};
 
 /// Every operation ingest serves.
 pub const ROUTES: &[Route] = &[
@@ -71,14 +70,7 @@ pub fn served_document(auth_required: bool) -> String {
 pub fn openapi(
     auth_required: bool,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let doc = served_document(auth_required);
-    warp::path!("openapi.json").and(warp::get()).map(move || {
-        warp::reply::with_status(
-            warp::reply::with_header(doc.clone(), "content-type", "application/json"),
-            StatusCode::OK,
-        )
-        .into_response()
-    })
+    tally_http::contract::document(served_document(auth_required))
 }
 
 #[cfg(test)]
@@ -87,18 +79,10 @@ mod tests {
 
     #[test]
     fn the_document_names_every_route_and_error_code_and_nothing_else() {
-        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
-        assert_eq!(doc["openapi"].as_str().map(|v| &v[..4]), Some("3.1."));
-        let d = tally_http::contract::differences(
-            &doc,
-            ROUTES,
-            &tally_http::contract::code_names(Code::ALL),
-        );
-        assert!(
-            d.is_empty(),
-            "ingest/openapi.json and the code differ:\n{}",
-            d.join("\n")
-        );
+        let codes = tally_http::contract::code_names(Code::ALL);
+        if let Err(d) = tally_http::contract::check_document(OPENAPI, ROUTES, &codes) {
+            panic!("ingest/openapi.json and the code differ:\n{d}");
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::producer::{Appender, Landed};
 pub struct State {
     pub appender: Appender,
     pub max_batch: usize,
-    /// Longest counter key accepted (at most the record format's 256 bytes).
+    /// Longest counter key accepted (at most the record format's
+    /// [`tally_pipeline::record::MAX_KEY_BYTES`]).
     pub max_key_bytes: usize,
 }
 

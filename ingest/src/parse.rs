@@ -3,7 +3,7 @@
 //!
 //! Values are whole numbers in the i64 range, written as decimal digits, optionally with a
 //! fraction or an exponent that leave the number whole (`7`, `7.0`, `7e0`; never a string);
-//! keys are non-empty UTF-8 of at most 256 bytes.
+//! keys are non-empty UTF-8 of at most [`MAX_KEY_BYTES`] bytes.
 
 use crate::contract::Code;
 use serde::Deserialize;

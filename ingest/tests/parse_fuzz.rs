@@ -4,10 +4,11 @@
 
 use ingest::parse::{parse_form, parse_json, parse_ndjson, parse_value, JsonBody};
 use proptest::prelude::*;
+use tally_pipeline::record::MAX_KEY_BYTES;
 
 fn check_rules(key: &str) {
     assert!(
-        !key.is_empty() && key.len() <= 256,
+        !key.is_empty() && key.len() <= MAX_KEY_BYTES,
         "accepted key breaks the rules: {key:?}"
     );
 }
@@ -75,7 +76,7 @@ proptest! {
     fn valid_increments_round_trip_in_every_format(
         incs in proptest::collection::vec(("\\PC{1,40}", any::<i64>()), 1..20),
     ) {
-        let incs: Vec<(String, i64)> = incs.into_iter().filter(|(k, _)| k.len() <= 256).collect();
+        let incs: Vec<(String, i64)> = incs.into_iter().filter(|(k, _)| k.len() <= MAX_KEY_BYTES).collect();
         prop_assume!(!incs.is_empty());
         let (k0, v0) = &incs[0];
         let form = format!("key={}&value={v0}", percent(k0));

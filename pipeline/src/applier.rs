@@ -117,15 +117,6 @@ impl Applier {
             .is_some_and(|b| b.advance_to(position))
     }
 
-    /// Takes partitions over, starting from given offsets instead of the stored ones (replayer
-    /// with an explicit start). `start` must equal what the database stores for the first
-    /// commit to pass; `first` is the first offset to fold.
-    pub fn assign_at(&mut self, partition: i32, start: Option<i64>) -> Result<()> {
-        let batch = self.batch_from(LOCAL, partition, start)?;
-        self.owned.insert((LOCAL, partition), batch);
-        Ok(())
-    }
-
     /// Commits pending work, then gives the partitions up.
     pub fn revoke(&mut self, partitions: &[i32]) -> Result<CommitReport> {
         self.revoke_of(LOCAL, partitions)

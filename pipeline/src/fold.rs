@@ -288,24 +288,14 @@ impl PartitionBatch {
         stored_request: impl FnOnce(&[u8]) -> Result<Option<RequestState>, E>,
     ) -> Result<Folded, E> {
         let offset = record.offset;
-        let skipped = match self.next {
-            Some(next) if offset < next => return Ok(Folded::Duplicate),
-            Some(next) if offset > next && !self.positioned => return Ok(Folded::Gap),
-            _ if self.positioned => (offset - self.expected()).max(0) as u64,
-            _ => 0,
+        let skipped = match self.withheld_before(offset) {
+            Ok(skipped) => skipped,
+            Err(not_folded) => return Ok(not_folded),
         };
         // Every record moves the log clock, whatever becomes of it.
-        let clock = match (self.clock, record.timestamp) {
-            (Some(c), Some(t)) => Some(c.max(t)),
-            (c, t) => c.or(t),
-        };
-        let decoded = decode_key(record.key).and_then(|k| {
-            let delta = decode_value(record.value)?.delta;
-            let tag = record.request.map(RequestHeader::tag).transpose()?;
-            Ok((k, delta, tag))
-        });
-        let (key_str, delta, tag) = match decoded {
-            Ok(d) => d,
+        let clock = later(self.clock, record.timestamp);
+        let (key, delta, tag) = match decode(record) {
+            Ok(decoded) => decoded,
             Err(e) => {
                 self.pass(offset, skipped, clock);
                 self.reject(offset, reason(&e), record);
@@ -313,91 +303,121 @@ impl PartitionBatch {
             }
         };
         // The fallible steps come before any change, so an error leaves the batch as it was.
-        let mut remembered = None;
-        if let Some(tag) = &tag {
-            let known = match self.requests.get(tag.key) {
-                Some(state) => Some(state.clone()),
-                None => stored_request(tag.key)?,
-            };
-            let window_start = clock.map(|c| c.saturating_sub(self.window_ms));
-            let live = known.filter(|s| window_start.is_none_or(|w| s.first_seen >= w));
-            match live {
-                Some(state) if reused(state.fingerprint, tag.fingerprint) => {
+        let remembered = match &tag {
+            None => None,
+            Some(tag) => match self.judge_request(tag, clock, stored_request)? {
+                Request::Reused => {
                     self.pass(offset, skipped, clock);
-                    let why = format!(
-                        "idempotency_key_reused: request key {:?} was first used for a request with other content",
-                        String::from_utf8_lossy(tag.key)
-                    );
-                    self.reject(offset, why, record);
+                    self.reject(offset, reused_reason(tag.key), record);
                     return Ok(Folded::Rejected);
                 }
-                Some(state) if state.has(tag.index) => {
+                Request::Spent => {
                     self.pass(offset, skipped, clock);
                     self.duplicate_keys += 1;
                     return Ok(Folded::DuplicateKey);
                 }
-                Some(mut state) => {
-                    state.mark(tag.index);
-                    remembered = Some(state);
-                }
-                None => {
-                    let mut state = RequestState {
-                        fingerprint: tag.fingerprint,
-                        seen: Vec::new(),
-                        first_seen: clock.unwrap_or(0),
-                    };
-                    state.mark(tag.index);
-                    remembered = Some(state);
-                }
-            }
-        }
-        let current = match self.sums.get(key_str) {
+                Request::Marked(state) => Some((tag.key, state)),
+            },
+        };
+        let current = match self.sums.get(key) {
             Some(sum) => *sum,
-            None => stored_sum(key_str)?,
+            None => stored_sum(key)?,
         };
         self.pass(offset, skipped, clock);
-        let mut first_seen = None;
-        if let (Some(tag), Some(state)) = (&tag, remembered) {
-            first_seen = Some(state.first_seen);
-            self.requests.insert(tag.key.to_vec(), state);
+        let first_seen = remembered.as_ref().map(|(_, state)| state.first_seen);
+        if let Some((request_key, state)) = remembered {
+            self.requests.insert(request_key.to_vec(), state);
         }
-        match current.checked_add(delta) {
-            Some(sum) => {
-                if let (true, Some(tag), Some(first_seen)) = (self.track_counted, &tag, first_seen)
-                {
-                    self.counted.push(Counted {
-                        request: tag.key.to_vec(),
-                        index: tag.index,
-                        fingerprint: tag.fingerprint,
-                        first_seen,
-                        offset,
-                        key: key_str.to_owned(),
-                        delta,
-                    });
-                }
-                // Allocate the key only the first time it is seen in this batch (hot path).
-                match self.sums.get_mut(key_str) {
-                    Some(slot) => *slot = sum,
-                    None => {
-                        self.sums.insert(key_str.to_owned(), sum);
-                    }
-                }
-                self.applied += 1;
-                Ok(Folded::Applied)
+        let folded = self.add(record, key, current, delta);
+        if let (Folded::Applied, Some(tag), Some(first_seen)) = (&folded, &tag, first_seen) {
+            self.count(tag, first_seen, offset, key, delta);
+        }
+        Ok(folded)
+    }
+
+    /// Keeps an applied record of a request for the cross-origin rule, when the batch was
+    /// asked to ([`PartitionBatch::counted`]).
+    fn count(&mut self, tag: &RequestTag<'_>, first_seen: i64, offset: i64, key: &str, delta: i64) {
+        if !self.track_counted {
+            return;
+        }
+        self.counted.push(Counted {
+            request: tag.key.to_vec(),
+            index: tag.index,
+            fingerprint: tag.fingerprint,
+            first_seen,
+            offset,
+            key: key.to_owned(),
+            delta,
+        });
+    }
+
+    /// How many offsets the reader withheld before `offset` (markers, aborted records), or why
+    /// the record is not folded: it lies before the next offset (a redelivery), or after it
+    /// while the batch is not positioned (a gap).
+    fn withheld_before(&self, offset: i64) -> Result<u64, Folded> {
+        match self.next {
+            Some(next) if offset < next => Err(Folded::Duplicate),
+            Some(next) if offset > next && !self.positioned => Err(Folded::Gap),
+            _ if self.positioned => Ok((offset - self.expected()).max(0) as u64),
+            _ => Ok(0),
+        }
+    }
+
+    /// What the record's request index means, judged against the request's state as this
+    /// batch or else the store remembers it, if that state is still inside the window at
+    /// `clock`. Changes nothing.
+    fn judge_request<E>(
+        &self,
+        tag: &RequestTag<'_>,
+        clock: Option<i64>,
+        stored_request: impl FnOnce(&[u8]) -> Result<Option<RequestState>, E>,
+    ) -> Result<Request, E> {
+        let known = match self.requests.get(tag.key) {
+            Some(state) => Some(state.clone()),
+            None => stored_request(tag.key)?,
+        };
+        let window_start = clock.map(|c| c.saturating_sub(self.window_ms));
+        let live = known.filter(|s| window_start.is_none_or(|w| s.first_seen >= w));
+        Ok(match live {
+            Some(state) if reused(state.fingerprint, tag.fingerprint) => Request::Reused,
+            Some(state) if state.has(tag.index) => Request::Spent,
+            Some(mut state) => {
+                state.mark(tag.index);
+                Request::Marked(state)
             }
             None => {
-                // Remember the base so a later record for the key does not ask again.
-                if !self.sums.contains_key(key_str) {
-                    self.sums.insert(key_str.to_owned(), current);
-                }
-                self.reject(
-                    offset,
-                    format!("overflow: sum {current} + delta {delta} leaves the i64 range"),
-                    record,
-                );
-                Ok(Folded::Rejected)
+                let mut state = RequestState {
+                    fingerprint: tag.fingerprint,
+                    seen: Vec::new(),
+                    first_seen: clock.unwrap_or(0),
+                };
+                state.mark(tag.index);
+                Request::Marked(state)
+            }
+        })
+    }
+
+    /// Adds `delta` to the key's `current` sum, or quarantines the record when the sum would
+    /// leave the i64 range (the key's base is kept, so a later record does not ask again).
+    fn add(&mut self, record: &Record<'_>, key: &str, current: i64, delta: i64) -> Folded {
+        let Some(sum) = current.checked_add(delta) else {
+            if !self.sums.contains_key(key) {
+                self.sums.insert(key.to_owned(), current);
+            }
+            let why = format!("overflow: sum {current} + delta {delta} leaves the i64 range");
+            self.reject(record.offset, why, record);
+            return Folded::Rejected;
+        };
+        // Allocate the key only the first time it is seen in this batch (hot path).
+        match self.sums.get_mut(key) {
+            Some(slot) => *slot = sum,
+            None => {
+                self.sums.insert(key.to_owned(), sum);
             }
         }
+        self.applied += 1;
+        Folded::Applied
     }
 
     /// Moves past a folded record: its offset, the offsets withheld before it, the clock.
@@ -415,6 +435,39 @@ impl PartitionBatch {
             value: record.value.map(<[u8]>::to_vec),
         });
     }
+}
+
+/// What a record's request index means for the batch.
+enum Request {
+    /// The request key was first used for other content: quarantine the record.
+    Reused,
+    /// The index was already folded: pass the record over.
+    Spent,
+    /// The index is new: the request's state with it marked, to keep once the record folds.
+    Marked(RequestState),
+}
+
+/// A record's key, delta and request tag, or why it does not decode.
+fn decode<'r>(record: &Record<'r>) -> Result<(&'r str, i64, Option<RequestTag<'r>>), DecodeError> {
+    let key = decode_key(record.key)?;
+    let delta = decode_value(record.value)?.delta;
+    let tag = record.request.map(RequestHeader::tag).transpose()?;
+    Ok((key, delta, tag))
+}
+
+/// A log clock moved by a record's timestamp: the later of the two, or whichever is known.
+fn later(clock: Option<i64>, timestamp: Option<i64>) -> Option<i64> {
+    match (clock, timestamp) {
+        (Some(c), Some(t)) => Some(c.max(t)),
+        (c, t) => c.or(t),
+    }
+}
+
+fn reused_reason(request_key: &[u8]) -> String {
+    format!(
+        "idempotency_key_reused: request key {:?} was first used for a request with other content",
+        String::from_utf8_lossy(request_key)
+    )
 }
 
 /// Whether a request key met again carries other content than the request first seen with it.

@@ -171,7 +171,7 @@ pub fn request_fingerprint<'a>(incs: impl IntoIterator<Item = (&'a str, i64)>) -
     out
 }
 
-/// Validates a record key as Tally's key rules say (non-empty UTF-8, at most 256 bytes).
+/// Validates a record key as Tally's key rules say (non-empty UTF-8, at most [`MAX_KEY_BYTES`] bytes).
 pub fn decode_key(key: Option<&[u8]>) -> Result<&str, DecodeError> {
     let key = key.ok_or(DecodeError::MissingKey)?;
     let key = std::str::from_utf8(key).map_err(|_| DecodeError::KeyNotUtf8)?;
@@ -280,7 +280,10 @@ mod tests {
         assert_eq!(decode_key(None), Err(DecodeError::MissingKey));
         assert_eq!(decode_key(Some(b"")), Err(DecodeError::KeyLength));
         assert_eq!(decode_key(Some(&[0xff])), Err(DecodeError::KeyNotUtf8));
-        assert_eq!(decode_key(Some(&[b'a'; 257])), Err(DecodeError::KeyLength));
-        assert!(decode_key(Some(&[b'a'; 256])).is_ok());
+        assert_eq!(
+            decode_key(Some(&[b'a'; MAX_KEY_BYTES + 1])),
+            Err(DecodeError::KeyLength)
+        );
+        assert!(decode_key(Some(&[b'a'; MAX_KEY_BYTES])).is_ok());
     }
 }

@@ -18,6 +18,7 @@
 //! Offsets, log clocks, requests, quarantined records and sums are kept per origin and
 //! partition; the methods without `_of` are the local origin's, except the sums read by key,
 //! which are global (every origin's rows added).
+//! - [`identity`]: the database's random identity, drawn by a migration.
 //!
 //! Everything is re-exported here: callers name `store::Store`, `store::Applied` and so on.
 
@@ -25,6 +26,7 @@ use rusqlite::Connection;
 use std::time::Duration;
 
 mod apply;
+mod identity;
 mod origins;
 mod reads;
 mod requests;

@@ -189,46 +189,15 @@ async fn create(kafka: &KafkaArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long [`check`] waits for a topic's configuration to be described: a topic just created
+/// on a cluster is known to the controller before every broker, and a broker that has not
+/// learned of it yet describes it as unknown or with no entries at all.
+const DESCRIBE_SETTLE: Duration = Duration::from_secs(30);
+
 /// Reads the topic's configuration (DescribeConfigs) and refuses what would lose or miscount
 /// increments ([`judge_configs`]); logs accepted finite retention as a warning.
 pub async fn check(kafka: &KafkaArgs) -> anyhow::Result<()> {
-    let admin = client_config::admin(kafka)?;
-    let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
-    let results = admin
-        .describe_configs([&ResourceSpecifier::Topic(&kafka.topic)], &opts)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot read the configuration of topic {} on {}",
-                kafka.topic, kafka.brokers
-            )
-        })?;
-    let Some(result) = results.into_iter().next() else {
-        bail!(
-            "the broker returned no configuration for topic {}",
-            kafka.topic
-        );
-    };
-    let resource = result.map_err(|code| {
-        if code == RDKafkaErrorCode::TopicAuthorizationFailed {
-            return crate::kafka_access::Misconfigured(format!(
-                "cannot read the configuration of topic {} on {}: the broker's ACLs do not allow \
-                 this principal DescribeConfigs on it (README, Security: ACLs)",
-                kafka.topic, kafka.brokers
-            ))
-            .into();
-        }
-        anyhow::anyhow!(
-            "cannot read the configuration of topic {} on {}: {code}",
-            kafka.topic,
-            kafka.brokers
-        )
-    })?;
-    let configs: HashMap<String, String> = resource
-        .entries
-        .into_iter()
-        .filter_map(|e| Some((e.name, e.value?)))
-        .collect();
+    let configs = describe_settled(kafka).await?;
     match judge_configs(&kafka.topic, &configs, kafka.accept_finite_retention)
         .map_err(anyhow::Error::msg)?
     {
@@ -242,6 +211,60 @@ pub async fn check(kafka: &KafkaArgs) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The topic's configuration as DescribeConfigs gives it (name to value), asked again until a
+/// broker that knows the topic answers (within [`DESCRIBE_SETTLE`]): judging the empty answer
+/// of a broker that has not learned of a new topic yet would refuse a topic that keeps
+/// everything ("retention.ms unknown").
+async fn describe_settled(kafka: &KafkaArgs) -> anyhow::Result<HashMap<String, String>> {
+    let admin = client_config::admin(kafka)?;
+    let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+    let deadline = tokio::time::Instant::now() + DESCRIBE_SETTLE;
+    loop {
+        let results = admin
+            .describe_configs([&ResourceSpecifier::Topic(&kafka.topic)], &opts)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot read the configuration of topic {} on {}",
+                    kafka.topic, kafka.brokers
+                )
+            })?;
+        let Some(result) = results.into_iter().next() else {
+            bail!(
+                "the broker returned no configuration for topic {}",
+                kafka.topic
+            );
+        };
+        let settling = tokio::time::Instant::now() < deadline;
+        match result {
+            Err(RDKafkaErrorCode::UnknownTopicOrPartition) if settling => {}
+            Err(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                return Err(crate::kafka_access::Misconfigured(format!(
+                    "cannot read the configuration of topic {} on {}: the broker's ACLs do not \
+                     allow this principal DescribeConfigs on it (README, Security: ACLs)",
+                    kafka.topic, kafka.brokers
+                ))
+                .into())
+            }
+            Err(code) => bail!(
+                "cannot read the configuration of topic {} on {}: {code}",
+                kafka.topic,
+                kafka.brokers
+            ),
+            Ok(resource) if resource.entries.is_empty() && settling => {}
+            Ok(resource) => {
+                return Ok(resource
+                    .entries
+                    .into_iter()
+                    .filter_map(|e| Some((e.name, e.value?)))
+                    .collect())
+            }
+        }
+        tracing::debug!(topic = %kafka.topic, "topic not described yet, asking again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// [`check`] for callers without an async runtime (the replayer).

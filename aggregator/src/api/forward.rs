@@ -1,8 +1,9 @@
-//! Forwarding a read of one key to the member that owns the key's partition (a database per
-//! aggregator): the read goes there as it arrived, query and all, marked with the member it
-//! came from; a forwarded read is always answered locally, so a stale view of the group can
-//! never bounce it between members. Answers carry the URL of the member whose database
-//! answered. The reads over many keys use the same client to gather ([`super::gather`]).
+//! Where a read of one key is answered, as [`crate::read_route::decide`] says: here, refused,
+//! or forwarded to the member that owns the key's partition on another database: the read goes
+//! there as it arrived, query and all, marked with the member it came from; a forwarded read is
+//! never forwarded again, so a stale view of the group can never bounce it between members.
+//! Answers carry the URL of the member whose database answered. The reads over many keys use
+//! the same client to gather ([`super::gather`]).
 
 use crate::contract::Code;
 use std::time::Duration;
@@ -13,23 +14,27 @@ use warp::reply::Response;
 
 use super::Api;
 
-/// Header on a forwarded read: the member it came from. A forwarded read is always answered
-/// locally, so a stale view of the group can never bounce a read between members.
+/// Header on a forwarded read: the member it came from. A forwarded read is never forwarded
+/// again, so a stale view of the group can never bounce a read between members.
 pub const FORWARDED_FROM: &str = "tally-forwarded-from";
 /// Header on every answer to `GET /sums/{key}`: the URL of the member whose database answered.
 pub const SERVED_BY: &str = "tally-served-by";
 
-/// Forwarding of reads to the owner of a key's partition (a database per aggregator).
+/// `FORWARDED_FROM` of a member that advertises no URL.
+const UNADVERTISED: &str = "unadvertised";
+
+/// What the read path knows of the group ([`crate::read_route`]), and the client that forwards
+/// reads to owners on other databases.
 #[derive(Clone)]
 pub struct Forward {
-    pub(super) url: String,
+    pub(super) me: crate::peers::Member,
     pub(super) peers: crate::peers::Peers,
     pub(super) client: reqwest::Client,
 }
 
 impl Forward {
     pub fn new(
-        url: String,
+        me: crate::peers::Member,
         peers: crate::peers::Peers,
         read_token: Option<&tally_http::auth::Bearer>,
     ) -> anyhow::Result<Self> {
@@ -37,7 +42,12 @@ impl Forward {
             .default_headers(crate::read_auth::forwarding_headers(read_token)?)
             .connect_timeout(Duration::from_secs(2))
             .build()?;
-        Ok(Forward { url, peers, client })
+        Ok(Forward { me, peers, client })
+    }
+
+    /// How this member names itself on the reads it forwards.
+    pub(super) fn from(&self) -> &str {
+        self.me.url.as_deref().unwrap_or(UNADVERTISED)
     }
 }
 
@@ -48,39 +58,24 @@ pub(super) struct SumRead {
     pub(super) forwarded: bool,
 }
 
-/// Where a read of `key` is answered: `Ok(None)` here, `Ok(Some(answer))` by the owner.
+/// Where a read of `key` is answered ([`crate::read_route::decide`]): `Ok(None)` here,
+/// `Ok(Some(answer))` by the owner.
 pub(super) async fn to_owner(
     api: &Api,
     key: &str,
     read: &SumRead,
 ) -> Result<Option<Response>, ApiError> {
-    let Some(f) = api.forward.as_ref().filter(|_| !read.forwarded) else {
+    use crate::read_route::{decide, partition_of, Route};
+    let Some(f) = api.forward.as_ref() else {
         return Ok(None);
     };
     let table = f.peers.table();
-    let Some(partitions) = table.partitions else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Code::OwnerUnknown,
-            "the group's members have not been read yet",
-        )
-        .retry_after(1));
-    };
-    let p = tally_pipeline::partition::partition_for(key.as_bytes(), partitions);
-    if api.progress.borrow().owned.contains(&p) {
-        return Ok(None);
-    }
-    let owner = match table.owners.get(&p) {
-        Some(owner) if *owner == f.url => return Ok(None),
-        Some(owner) => owner,
-        None => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Code::OwnerUnknown,
-                format!("partition {p} has no owner in the group now (a rebalance is under way)"),
-            )
-            .retry_after(1))
-        }
+    let owned = api.progress.borrow().owned.clone();
+    let p = partition_of(&table, key).map_err(|why| why.error())?;
+    let owner = match decide(&f.me, &owned, &table, p, read.forwarded) {
+        Route::Owner | Route::Shared => return Ok(None),
+        Route::Forward(url) => url,
+        Route::Refuse(why) => return Err(why.error()),
     };
     let mut url = format!("{owner}/sums/{}", read.raw_key);
     if !read.raw_query.is_empty() {
@@ -98,7 +93,7 @@ pub(super) async fn to_owner(
     let answer = f
         .client
         .get(url)
-        .header(FORWARDED_FROM, &f.url)
+        .header(FORWARDED_FROM, f.from())
         .timeout(api.limits.max_wait + Duration::from_secs(5))
         .send()
         .await

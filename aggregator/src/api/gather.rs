@@ -1,9 +1,11 @@
-//! Reads no one database can answer when each member has its own: the member asked sends the
-//! same query to every owner in the group (itself included, without a round trip); each
-//! answers from its own database for the partitions it owns now and says which those are
-//! ([`Owned`]). If the answers do not cover every partition exactly once (a rebalance moved one
-//! meanwhile, or a partition has no owner), the read is refused with 503 and `Retry-After`, never
-//! answered incomplete or with a partition counted twice. The caller merges the answers.
+//! Reads over many keys (listings, `/top`, `/rejected`, and so the status page), answered where
+//! [`crate::read_route::plan`] says: from this member's database alone when it holds every
+//! partition (one shared file), refused when an owner is on another database without a URL,
+//! else gathered: the member asked sends the same query to every owner on another database,
+//! and answers for the partitions its own database holds without a round trip; each says which
+//! partitions it answered for ([`Owned`]). If the answers do not cover every partition exactly
+//! once (a rebalance moved one meanwhile), the read is refused with 503 and `Retry-After`,
+//! never answered incomplete or with a partition counted twice. The caller merges the answers.
 
 use crate::contract::Code;
 use std::collections::BTreeSet;
@@ -17,6 +19,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::{Api, Forward, FORWARDED_FROM};
+use crate::read_route::{plan, Plan};
 
 /// How long a member waits for another's answer.
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,10 +41,11 @@ fn owned(api: &Api) -> BTreeSet<i32> {
     api.progress.borrow().owned.clone()
 }
 
-/// Answers `GET {path}?{query}`, a read over many keys. `local` reads this member's database:
-/// all of it (`None`) when the database is shared (no forwarding); the partitions it owns when
-/// another member gathers (the answer then lists them); else every owner's answer, this
-/// member's included, goes to `merge`.
+/// Answers `GET {path}?{query}`, a read over many keys, where [`crate::read_route::plan`]
+/// says. `local` reads this member's database: all of it (`None`) when it holds every
+/// partition; the partitions it owns when another member gathers (the answer then lists
+/// them); else the partitions it holds, and every other owner's answer is asked for, all going
+/// to `merge`.
 pub(super) async fn answer<T, Fut>(
     api: &Api,
     forwarded: bool,
@@ -57,61 +61,36 @@ where
     let Some(f) = &api.forward else {
         return Ok(json(StatusCode::OK, &local(None).await?));
     };
+    let table = f.peers.table();
+    let plan = plan(&f.me, &owned(api), &table, forwarded).map_err(|why| why.error())?;
+    let (mine, remote) = match plan {
+        Plan::Everything => return Ok(json(StatusCode::OK, &local(None).await?)),
+        Plan::Gather { local, remote } => (local, remote),
+    };
     if forwarded {
-        let mine = owned(api);
         let body = local(Some(mine.clone())).await?;
         let partitions = mine.into_iter().collect();
         return Ok(json(StatusCode::OK, &Owned { body, partitions }));
     }
-    let answers = from_owners(api, f, path, query, |o| local(Some(o))).await?;
-    Ok(json(StatusCode::OK, &merge(answers)))
-}
-
-/// Every owner's answer to `GET {path}?{query}`; `local` answers for this member's partitions.
-async fn from_owners<T, Fut>(
-    api: &Api,
-    f: &Forward,
-    path: &str,
-    query: &[(&str, String)],
-    local: impl Fn(BTreeSet<i32>) -> Fut,
-) -> Result<Vec<T>, ApiError>
-where
-    T: DeserializeOwned,
-    Fut: Future<Output = Result<T, ApiError>>,
-{
-    let table = f.peers.table();
     let Some(partitions) = table.partitions else {
-        return Err(unavailable(
-            Code::OwnerUnknown,
-            "the group's members have not been read yet".into(),
-        ));
+        return Err(crate::read_route::Refusal::GroupUnread.error());
     };
-    let mut owners = BTreeSet::new();
-    for p in 0..partitions {
-        let Some(o) = table.owners.get(&p) else {
-            return Err(unavailable(
-                Code::OwnerUnknown,
-                format!("partition {p} has no owner in the group now (a rebalance is under way)"),
-            ));
-        };
-        owners.insert(o.clone());
-    }
-    // Every owner is asked at once; this member answers for itself without a round trip.
+    // Every owner is asked at once; this member answers for its partitions without a round
+    // trip.
     let local = &local;
-    let asked = owners.iter().map(|owner| async move {
-        if *owner == f.url {
-            let mine = owned(api);
-            Ok(Owned {
-                body: local(mine.clone()).await?,
-                partitions: mine.into_iter().collect(),
-            })
-        } else {
-            ask(f, owner, path, query).await
-        }
-    });
-    let owned_answers = futures::future::try_join_all(asked).await?;
-    let answers = covering(partitions, owned_answers)?;
-    Ok(answers)
+    let mine = &mine;
+    let here = async move {
+        Ok(Owned {
+            body: local(Some(mine.clone())).await?,
+            partitions: mine.iter().copied().collect(),
+        })
+    };
+    let asked = remote.iter().map(|owner| ask(f, owner, path, query));
+    let (here, there) =
+        futures::future::try_join(here, futures::future::try_join_all(asked)).await?;
+    let mut answers = vec![here];
+    answers.extend(there);
+    Ok(json(StatusCode::OK, &merge(covering(partitions, answers)?)))
 }
 
 /// The answers' bodies if they cover each of `partitions` exactly once. A partition claimed
@@ -156,7 +135,7 @@ async fn ask<T: DeserializeOwned>(
     f.client
         .get(format!("{owner}{path}"))
         .query(query)
-        .header(FORWARDED_FROM, &f.url)
+        .header(FORWARDED_FROM, f.from())
         .timeout(PEER_TIMEOUT)
         .send()
         .await

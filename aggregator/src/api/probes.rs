@@ -12,7 +12,9 @@ use super::Api;
 /// 200 once this process is in the group, none of its partitions is stopped (the log does not
 /// cover its stored offset) and the lag of the partitions it owns is known and at most the
 /// bound; 503 otherwise (`partition_stopped` names topic, partitions and offsets;
-/// `topic_recreated` names both topic ids).
+/// `topic_recreated` names both topic ids). A mixed group ([`crate::peers::mixed`]) is said in
+/// the 200 body (`mixed_databases`) and does not make the member unready: it still answers
+/// the reads of the partitions its database holds, and refuses the others by name.
 pub(super) fn readyz(api: Api) -> Result<Response, ApiError> {
     let progress = api.progress.borrow().clone();
     let not_ready = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::NotReady, m);
@@ -45,10 +47,14 @@ pub(super) fn readyz(api: Api) -> Result<Response, ApiError> {
             "lag {lag} is above the bound {}",
             api.limits.ready_max_lag
         ))),
-        Some(lag) => Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({"status": "ready", "lag": lag}),
-        )),
+        Some(lag) => {
+            let mut body = serde_json::json!({"status": "ready", "lag": lag});
+            // A mixed group leaves this member ready: it answers its own partitions.
+            if let Some(why) = api.forward.as_ref().and_then(|f| f.peers.table().mixed) {
+                body["mixed_databases"] = why.into();
+            }
+            Ok(json(StatusCode::OK, &body))
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use crate::contract::Code;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tally_http::{json, ApiError, ErrorCode};
+use tally_http::{json, ApiError};
 use tokio::time::Instant;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -38,18 +38,12 @@ struct SumBody {
     sum: i64,
 }
 
+/// What a read-your-writes wait that ended first says beside the error.
 #[derive(Serialize)]
-struct NotReached<'a> {
-    error: ErrorInner<'a>,
+struct NotReached {
     partition: i32,
     /// The committed next offset when the wait ended (`null`: nothing committed).
     next_offset: Option<i64>,
-}
-
-#[derive(Serialize)]
-struct ErrorInner<'a> {
-    code: &'a str,
-    message: &'a str,
 }
 
 pub(super) async fn get_sum(read: SumRead, q: SumQuery, api: Api) -> Result<Response, ApiError> {
@@ -73,15 +67,11 @@ pub(super) async fn get_sum(read: SumRead, q: SumQuery, api: Api) -> Result<Resp
                 "partition {partition} has not committed past offset {offset} within {} ms",
                 wait.as_millis()
             );
-            let body = NotReached {
-                error: ErrorInner {
-                    code: Code::OffsetNotReached.as_str(),
-                    message: &message,
-                },
+            let error = ApiError::new(StatusCode::GATEWAY_TIMEOUT, Code::OffsetNotReached, message);
+            return Ok(error.with_fields(NotReached {
                 partition,
                 next_offset: current,
-            };
-            return Ok(json(StatusCode::GATEWAY_TIMEOUT, &body));
+            }));
         }
     }
     let k = key.clone();
@@ -95,7 +85,11 @@ pub(super) async fn get_sum(read: SumRead, q: SumQuery, api: Api) -> Result<Resp
             ))
         }
     };
-    if let Some(url) = api.forward.as_ref().and_then(|f| f.url.parse().ok()) {
+    if let Some(url) = api
+        .forward
+        .as_ref()
+        .and_then(|f| f.me.url.as_ref()?.parse().ok())
+    {
         reply.headers_mut().insert(SERVED_BY, url);
     }
     Ok(reply)

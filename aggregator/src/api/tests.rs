@@ -223,3 +223,87 @@ async fn readyz_follows_the_lag_bound() {
         .await;
     assert_eq!(r.status(), 200);
 }
+
+/// Every read path asks `crate::read_route::decide` or `plan`: shown on a group whose owner of
+/// every partition is on another database without a URL, then on one shared database.
+mod read_route_paths {
+    use super::{api_with, get};
+    use crate::api::{Api, Forward};
+    use crate::peers::{mixed, Member, Peers, Table};
+    use crate::progress::ProgressTx;
+
+    fn member(db: &str, run: &str) -> Member {
+        Member {
+            db: Some(db.into()),
+            url: None,
+            run: Some(run.into()),
+        }
+    }
+
+    /// A member on database `a` holding key `k` = 7 (and a quarantined record), in a group where
+    /// `owner` owns every one of 4 partitions.
+    fn api(owner: Member) -> (Api, ProgressTx) {
+        let me = member("a", "me");
+        let members = vec![me.clone(), owner.clone()];
+        let table = Table {
+            owners: (0..4).map(|p| (p, owner.clone())).collect(),
+            mixed: mixed(&me, &members),
+            members,
+            partitions: Some(4),
+        };
+        let forward = Forward::new(me, Peers::fixed(table), None).unwrap();
+        let (api, tx) = api_with(&[("k", 7)], 10);
+        (api.forwarding(Some(forward)), tx)
+    }
+
+    const READS: [&str; 5] = [
+        "/sums/k",
+        "/sums/k?min_offset=2:0",
+        "/sums",
+        "/top",
+        "/rejected",
+    ];
+
+    #[tokio::test]
+    async fn no_read_path_answers_from_a_database_without_the_partition() {
+        let (api, tx) = api(member("b", "other"));
+        for path in READS {
+            let (s, v) = get(&api, path).await;
+            assert_eq!(
+                (s, v["error"]["code"].as_str()),
+                (503, Some("owner_not_shared")),
+                "{path}: {v}"
+            );
+        }
+        // The member still serves what it owns, and stays ready, saying why reads are refused.
+        tx.send_modify(|p| {
+            p.joined = true;
+            p.owned.extend(0..4);
+            p.log_end.extend((0..4).map(|p| (p, 0)));
+        });
+        for path in READS {
+            assert_eq!(get(&api, path).await.0, 200, "{path}");
+        }
+        let (s, v) = get(&api, "/readyz").await;
+        assert_eq!(s, 200, "{v}");
+        let why = v["mixed_databases"].as_str().unwrap();
+        assert!(why.contains("--advertise-url"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_member_on_the_owners_database_answers_every_read() {
+        let (api, tx) = api(member("a", "other"));
+        for path in READS {
+            let (s, v) = get(&api, path).await;
+            assert_eq!(s, 200, "{path}: {v}");
+        }
+        assert_eq!(get(&api, "/sums/k").await.1["sum"], 7);
+        tx.send_modify(|p| {
+            p.joined = true;
+            p.log_end.insert(2, 0);
+            p.owned.insert(2);
+        });
+        let (s, v) = get(&api, "/readyz").await;
+        assert_eq!((s, v.get("mixed_databases")), (200, None), "{v}");
+    }
+}

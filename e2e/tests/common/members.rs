@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tally_testkit::client::{http, Drift, GroundTruth};
+
+use super::Service;
 use tally_testkit::ledger::{self, Counted, KeyLedger, PER_KEY};
 
 /// How long one increment may go unacknowledged before the load gives up: a broker killed and
@@ -82,6 +84,14 @@ fn load(ingest: &str, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>, client: S
         let key = format!("{client}-{slot}-{generation}");
         let idem = format!("{client}-{n}");
         let value = ledger::value(j);
+        // Marked sent before it is: a read may see it folded before it is acknowledged.
+        acked
+            .lock()
+            .unwrap()
+            .ledgers
+            .entry(key.clone())
+            .or_default()
+            .sending(j);
         let deadline = Instant::now() + ACK_DEADLINE;
         let answer: Value = loop {
             let r = c
@@ -237,4 +247,86 @@ pub fn wait_split(bases: &[&str], partitions: i32) {
             (owned.iter().all(|o| !o.is_empty()) && all.len() == partitions as usize).then_some(())
         },
     );
+}
+
+/// Lists every key through `member` in pages of 7 (so pages merge several owners' rows),
+/// retrying a page while the group rebalances (503); returns (lost, doubled) against the
+/// ground truth ([`Acked::drift_of`]).
+pub fn check_listing(member: &Service, acked: &Acked) -> (i64, i64) {
+    let c = http();
+    let mut listed: BTreeMap<String, i64> = BTreeMap::new();
+    let mut after: Option<String> = None;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut q = vec![("limit", "7".to_owned())];
+        q.extend(after.clone().map(|a| ("after", a)));
+        let r = c
+            .get(format!("{}/sums", member.base))
+            .query(&q)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().unwrap();
+        match status {
+            200 => {}
+            503 if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            _ => panic!("{}: GET /sums: {status} {body}", member.base),
+        }
+        for e in body["sums"].as_array().unwrap() {
+            let key = e["key"].as_str().unwrap().to_owned();
+            assert!(
+                listed
+                    .insert(key.clone(), e["sum"].as_i64().unwrap())
+                    .is_none(),
+                "{key} listed twice"
+            );
+        }
+        match body["next_after"].as_str() {
+            Some(a) => after = Some(a.to_owned()),
+            None => break,
+        }
+    }
+    acked.drift_of(&listed)
+}
+
+/// Every key read one by one, and the whole listing, through `member` equal the ground truth.
+pub fn assert_exact_through(member: &Service, acked: &Acked) {
+    let Reads { lost, doubled, .. } = check(&member.base, acked);
+    assert_eq!(
+        (lost, doubled),
+        (0, 0),
+        "lost/doubled through {}",
+        member.base
+    );
+    let (lost, doubled) = check_listing(member, acked);
+    assert_eq!((lost, doubled), (0, 0), "listing through {}", member.base);
+    let mut want: Vec<(&String, &i64)> = acked.truth.sums.iter().collect();
+    want.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    let want: Vec<(String, i64)> = want
+        .into_iter()
+        .take(5)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let top: Value = tally_testkit::wait_for("/top", Duration::from_secs(30), || {
+        let r = http()
+            .get(format!("{}/top?limit=5", member.base))
+            .send()
+            .ok()?;
+        (r.status() == 200).then(|| r.json().ok()).flatten()
+    });
+    let got: Vec<(String, i64)> = top["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["key"].as_str().unwrap().to_owned(),
+                k["sum"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "/top through {}", member.base);
 }

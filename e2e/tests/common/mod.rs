@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod members;
+pub mod reads;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -94,6 +95,13 @@ impl Pipeline {
         let mut args = vec!["--advertise-url", &url];
         args.extend(extra);
         self.aggregator_on(&db, port, &args)
+    }
+
+    /// An aggregator with a database of its own, `NAME.db`, that advertises no URL: the
+    /// misconfiguration of issue 29 (the mode without URLs is for one shared file).
+    pub fn unshared(&self, name: &str) -> Service {
+        let db = self.dir.path().join(format!("{name}.db"));
+        self.aggregator_on(&db, free_port(), &[])
     }
 
     fn aggregator_on(&self, db: &Path, port: u16, extra: &[&str]) -> Service {

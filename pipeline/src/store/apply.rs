@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, CachedStatement, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::{origins, Result, Store, PRUNE_CHUNK};
 use crate::fold::PartitionBatch;
@@ -78,86 +78,16 @@ impl Store {
         let mut out = Applied::default();
         let mut touched = 0;
         {
-            let mut cas_update = tx.prepare_cached(
-                "UPDATE offsets SET next_offset = ?1, log_clock = ?5
-                 WHERE topic = ?2 AND origin = ?6 AND partition = ?3 AND next_offset = ?4",
-            )?;
-            let mut cas_insert = tx.prepare_cached(
-                "INSERT INTO offsets (topic, origin, partition, next_offset, log_clock)
-                 VALUES (?2, ?5, ?3, ?1, ?4)
-                 ON CONFLICT (topic, origin, partition) DO NOTHING",
-            )?;
-            let mut stored = tx.prepare_cached(
-                "SELECT next_offset FROM offsets WHERE topic = ?1 AND origin = ?3 AND partition = ?2",
-            )?;
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO sums (key, partition, origin, sum) VALUES (?1, ?2, ?4, ?3)
-                 ON CONFLICT (key, partition, origin) DO UPDATE SET sum = excluded.sum",
-            )?;
-            let mut quarantine = tx.prepare_cached(
-                "INSERT OR IGNORE INTO rejected_records
-                 (topic, origin, partition, \"offset\", reason, key, value)
-                 VALUES (?1, ?7, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            let mut remember = tx.prepare_cached(
-                "INSERT INTO requests (origin, partition, key, fingerprint, seen, first_seen)
-                 VALUES (?6, ?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (origin, partition, key) DO UPDATE SET
-                     fingerprint = excluded.fingerprint, seen = excluded.seen,
-                     first_seen = excluded.first_seen",
-            )?;
+            let mut writes = Writes::prepare(&tx, &self.topic)?;
             for ((origin, partition), batch) in batches {
                 let Some(next) = batch.next.filter(|_| !batch.is_empty()) else {
                     continue;
                 };
-                let swapped = match batch.start {
-                    Some(start) => cas_update.execute(params![
-                        next,
-                        self.topic,
-                        partition,
-                        start,
-                        batch.clock,
-                        origin.0
-                    ])?,
-                    None => cas_insert.execute(params![
-                        next,
-                        self.topic,
-                        partition,
-                        batch.clock,
-                        origin.0
-                    ])?,
-                };
-                if swapped != 1 {
-                    out.fenced.push(Fenced {
-                        origin,
-                        partition,
-                        expected: batch.start,
-                        stored: stored
-                            .query_row(params![self.topic, partition, origin.0], |r| r.get(0))
-                            .optional()?,
-                    });
+                if let Some(fenced) = writes.swap_offset(origin, partition, batch, next)? {
+                    out.fenced.push(fenced);
                     continue;
                 }
-                for (key, sum) in &batch.sums {
-                    upsert.execute(params![key, partition, sum, origin.0])?;
-                }
-                for r in &batch.rejected {
-                    quarantine.execute(params![
-                        self.topic, partition, r.offset, r.reason, r.key, r.value, origin.0
-                    ])?;
-                }
-                // A request stored but dead may be met again: the upsert starts it anew.
-                for (key, state) in &batch.requests {
-                    let fingerprint = state.fingerprint.as_ref().map(<[u8; 16]>::as_slice);
-                    remember.execute(params![
-                        partition,
-                        key,
-                        fingerprint,
-                        state.seen,
-                        state.first_seen,
-                        origin.0
-                    ])?;
-                }
+                writes.rows(origin, partition, batch)?;
                 if self.origins.several() {
                     origins::record_counted(
                         &tx,
@@ -177,14 +107,132 @@ impl Store {
         }
         tx.commit()?;
         out.lock_held.commit = started.elapsed();
-        let budget = (2 * touched).max(PRUNE_CHUNK) / out.committed_of.len().max(1);
-        let mut held = out.lock_held;
-        for &(origin, partition, _) in &out.committed_of {
-            self.prune_partition(origin, partition, budget.max(PRUNE_CHUNK), &mut held)?;
-            held.pruned += self.prune_copies(partition, budget.max(PRUNE_CHUNK))?;
-        }
-        out.lock_held = held;
+        self.prune_committed(&mut out, touched)?;
         Ok(out)
+    }
+
+    /// Prunes each committed partition's dead requests, at most twice as many as the batches
+    /// touched (at least [`PRUNE_CHUNK`] per partition), counting the transactions in `out`.
+    /// Also prunes the cross-origin copies no decision can need any more.
+    fn prune_committed(&mut self, out: &mut Applied, touched: usize) -> Result<()> {
+        let budget =
+            ((2 * touched).max(PRUNE_CHUNK) / out.committed_of.len().max(1)).max(PRUNE_CHUNK);
+        for &(origin, partition, _) in &out.committed_of {
+            self.prune_partition(origin, partition, budget, &mut out.lock_held)?;
+            out.lock_held.pruned += self.prune_copies(partition, budget)?;
+        }
+        Ok(())
+    }
+}
+
+/// The statements of one `apply` transaction, prepared once (and cached by the connection).
+struct Writes<'t> {
+    topic: &'t str,
+    cas_update: CachedStatement<'t>,
+    cas_insert: CachedStatement<'t>,
+    stored: CachedStatement<'t>,
+    upsert: CachedStatement<'t>,
+    quarantine: CachedStatement<'t>,
+    remember: CachedStatement<'t>,
+}
+
+impl<'t> Writes<'t> {
+    fn prepare(tx: &'t Transaction<'_>, topic: &'t str) -> Result<Self> {
+        Ok(Writes {
+            topic,
+            cas_update: tx.prepare_cached(
+                "UPDATE offsets SET next_offset = ?1, log_clock = ?5
+                 WHERE topic = ?2 AND origin = ?6 AND partition = ?3 AND next_offset = ?4",
+            )?,
+            cas_insert: tx.prepare_cached(
+                "INSERT INTO offsets (topic, origin, partition, next_offset, log_clock)
+                 VALUES (?2, ?5, ?3, ?1, ?4)
+                 ON CONFLICT (topic, origin, partition) DO NOTHING",
+            )?,
+            stored: tx.prepare_cached(
+                "SELECT next_offset FROM offsets WHERE topic = ?1 AND origin = ?3 AND partition = ?2",
+            )?,
+            upsert: tx.prepare_cached(
+                "INSERT INTO sums (key, partition, origin, sum) VALUES (?1, ?2, ?4, ?3)
+                 ON CONFLICT (key, partition, origin) DO UPDATE SET sum = excluded.sum",
+            )?,
+            quarantine: tx.prepare_cached(
+                "INSERT OR IGNORE INTO rejected_records
+                 (topic, origin, partition, \"offset\", reason, key, value)
+                 VALUES (?1, ?7, ?2, ?3, ?4, ?5, ?6)",
+            )?,
+            remember: tx.prepare_cached(
+                "INSERT INTO requests (origin, partition, key, fingerprint, seen, first_seen)
+                 VALUES (?6, ?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (origin, partition, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                     seen = excluded.seen, first_seen = excluded.first_seen",
+            )?,
+        })
+    }
+
+    /// The compare-and-set: moves the partition's stored next offset from the batch's `start`
+    /// to `next` (inserting it when nothing is stored), with the batch's log clock. `Some` when
+    /// the stored offset was another: the partition is fenced.
+    fn swap_offset(
+        &mut self,
+        origin: OriginId,
+        partition: i32,
+        batch: &PartitionBatch,
+        next: i64,
+    ) -> Result<Option<Fenced>> {
+        let topic = self.topic;
+        let swapped = match batch.start {
+            Some(start) => self.cas_update.execute(params![
+                next,
+                topic,
+                partition,
+                start,
+                batch.clock,
+                origin.0
+            ])?,
+            None => {
+                self.cas_insert
+                    .execute(params![next, topic, partition, batch.clock, origin.0])?
+            }
+        };
+        if swapped == 1 {
+            return Ok(None);
+        }
+        Ok(Some(Fenced {
+            origin,
+            partition,
+            expected: batch.start,
+            stored: self
+                .stored
+                .query_row(params![topic, partition, origin.0], |r| r.get(0))
+                .optional()?,
+        }))
+    }
+
+    /// The batch's rows: new sums, quarantined records, and the requests it touched.
+    fn rows(&mut self, origin: OriginId, partition: i32, batch: &PartitionBatch) -> Result<()> {
+        for (key, sum) in &batch.sums {
+            self.upsert
+                .execute(params![key, partition, sum, origin.0])?;
+        }
+        for r in &batch.rejected {
+            self.quarantine.execute(params![
+                self.topic, partition, r.offset, r.reason, r.key, r.value, origin.0
+            ])?;
+        }
+        // A request stored but dead may be met again: the upsert starts it anew.
+        for (key, state) in &batch.requests {
+            let fingerprint = state.fingerprint.as_ref().map(<[u8; 16]>::as_slice);
+            self.remember.execute(params![
+                partition,
+                key,
+                fingerprint,
+                state.seen,
+                state.first_seen,
+                origin.0
+            ])?;
+        }
+        Ok(())
     }
 }
 

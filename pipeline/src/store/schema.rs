@@ -18,6 +18,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("002_idempotency.sql"),
     include_str!("003_requests.sql"),
     include_str!("004_origins.sql"),
+    include_str!("005_identity.sql"),
 ];
 
 /// How long a writer waits for another process's transaction before giving up.
