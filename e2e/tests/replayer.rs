@@ -262,7 +262,7 @@ fn verify_catches_an_altered_sum_a_missing_key_and_an_extra_key() {
         (
             tampered(
                 "extra.db",
-                "INSERT INTO sums (key, partition, sum) VALUES ('never-sent', ?1, 5)",
+                "INSERT INTO sums (key, partition, origin, sum) VALUES ('never-sent', ?1, 0, 5)",
                 &[altered_p],
             ),
             "never-sent".into(),

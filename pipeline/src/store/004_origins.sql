@@ -6,7 +6,7 @@
 -- id, stored when first met and checked at every start. The local origin's name is NULL until
 -- the first process that knows it opens the database (a database of schema 3 or older folded
 -- the local log only, so its rows all become the local origin's).
--- A retired origin (--forget-origin) is no longer folded: its part stays as folded.
+-- A retired origin (--retire-origin) is no longer folded: its part stays as folded.
 CREATE TABLE origins (
     id         INTEGER PRIMARY KEY,
     name       TEXT UNIQUE,
