@@ -78,18 +78,34 @@ pub fn sum(client: &reqwest::blocking::Client, base: &str, key: &str) -> Option<
             }
         })
         .collect();
-    let r = client
-        .get(format!("{base}/sums/{enc}"))
-        .send()
-        .expect("GET /sums");
-    match r.status().as_u16() {
-        200 => Some(
-            r.json::<Value>().expect("json")["sum"]
-                .as_i64()
-                .expect("sum"),
-        ),
-        404 => None,
-        s => panic!("GET /sums/{key}: status {s}"),
+    // A 503 with Retry-After (`owner_unknown`: the group is being read or rebalanced) is a
+    // passing state the API documents; a client retries it, as this one does for up to a
+    // minute. Any other status but 200 and 404 fails the caller.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = client
+            .get(format!("{base}/sums/{enc}"))
+            .send()
+            .expect("GET /sums");
+        let status = r.status().as_u16();
+        let retry_after = r.headers().contains_key("retry-after");
+        match status {
+            200 => {
+                return Some(
+                    r.json::<Value>().expect("json")["sum"]
+                        .as_i64()
+                        .expect("sum"),
+                )
+            }
+            404 => return None,
+            503 if retry_after && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            s => panic!(
+                "GET /sums/{key}: status {s}: {}",
+                r.text().unwrap_or_default()
+            ),
+        }
     }
 }
 
