@@ -168,12 +168,7 @@ async fn read(kafka: &KafkaArgs) -> anyhow::Result<Vec<Weakness>> {
 mod tests {
     use super::*;
 
-    fn configs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::topic::tests::configs;
 
     #[test]
     fn a_replicated_topic_is_created_with_two_in_sync_replicas() {

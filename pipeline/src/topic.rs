@@ -333,10 +333,12 @@ pub fn partitions_of<C: rdkafka::consumer::Consumer<X>, X: rdkafka::consumer::Co
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn configs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    /// A topic configuration as DescribeConfigs gives it, for the tests here and in
+    /// `durability.rs`.
+    pub(crate) fn configs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
