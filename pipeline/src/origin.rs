@@ -245,7 +245,16 @@ mod tests {
         origins: OriginArgs,
     }
 
+    /// Held while a test parses or changes the environment: clap reads `TALLY_ORIGINS` and the
+    /// other variables, and tests run on parallel threads of one process.
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn parse(args: &[&str]) -> Result<OriginArgs, String> {
+        let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        parse_with_env_held(args)
+    }
+
+    fn parse_with_env_held(args: &[&str]) -> Result<OriginArgs, String> {
         let mut all = vec!["cli"];
         all.extend_from_slice(args);
         Cli::try_parse_from(all)
@@ -307,10 +316,12 @@ mod tests {
 
     #[test]
     fn origins_come_from_the_environment_separated_by_semicolons() {
-        // One test sets the variable, so no other test of this binary sees it.
+        // The variable is set only while no other test parses (ENV is held).
+        let env = ENV.lock().unwrap_or_else(|p| p.into_inner());
         std::env::set_var("TALLY_ORIGINS", "west=h:1,h:2;north=n:9");
-        let a = parse(&[]);
+        let a = parse_with_env_held(&[]);
         std::env::remove_var("TALLY_ORIGINS");
+        drop(env);
         assert_eq!(a.unwrap().remote_names(), vec!["west", "north"]);
     }
 
